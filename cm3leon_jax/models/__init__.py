@@ -1,0 +1,1 @@
+"""Flax modules of cm3leon_jax."""

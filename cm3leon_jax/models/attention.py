@@ -59,7 +59,7 @@ class Attention(nn.Module):
       out = jax.nn.dot_product_attention(query, key, value, mask=segment_mask(segment_ids),
                                          is_causal=True, implementation=cfg.attention_impl)
     out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'kv'))
-    out = layers.dense(cfg, x.shape[-1], ('heads', 'kv', 'embed'), 'out', axis=(-2, -1),
+    out = layers.dense(cfg, x.shape[-1], ('heads', 'kv', 'embed'), 'out', contract=2,
                        zero_init=cfg.zero_init_residual)(out)
     return checkpoint_name(out, 'attention_out')
 

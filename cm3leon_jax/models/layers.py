@@ -4,6 +4,8 @@ Every parameter carries logical axis names (see ``partitioning.LOGICAL_AXIS_RULE
 runs in the config's compute dtype on parameters stored in its param dtype.
 """
 
+from typing import Tuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -71,12 +73,31 @@ class HeadNorm(nn.Module):
     return normed * scale.astype(x.dtype) + bias.astype(x.dtype)
 
 
-def dense(config: DecoderConfig, features, axes, name: str, axis=-1, zero_init: bool = False):
-  """A bias-free DenseGeneral with logical axes on its kernel."""
-  return nn.DenseGeneral(
-      features=features, axis=axis, use_bias=False, dtype=config.jnp_dtype,
-      param_dtype=config.jnp_param_dtype,
-      kernel_init=initializers.weight_init(config, axes, zero=zero_init), name=name)
+class Dense(nn.Module):
+  """A bias-free projection contracting the input's last `contract` axes with a kernel of shape
+  input_dims + features. (nn.DenseGeneral initialises a flattened kernel, which breaks sharded
+  initialisation of multi-axis kernels such as [embed, heads, kv].)"""
+
+  config: DecoderConfig
+  features: Tuple[int, ...]
+  axes: Tuple[str, ...]
+  contract: int = 1
+  zero_init: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    shape = tuple(x.shape[-self.contract:]) + tuple(self.features)
+    kernel = self.param('kernel', initializers.weight_init(cfg, self.axes, zero=self.zero_init),
+                        shape, cfg.jnp_param_dtype)
+    return jnp.tensordot(x.astype(cfg.jnp_dtype), kernel.astype(cfg.jnp_dtype), axes=self.contract)
+
+
+def dense(config: DecoderConfig, features, axes, name: str, contract: int = 1,
+          zero_init: bool = False) -> Dense:
+  """A bias-free Dense with logical axes on its kernel; `features` is an int or a tuple."""
+  features = (features,) if isinstance(features, int) else tuple(features)
+  return Dense(config, features, tuple(axes), contract, zero_init, name=name)
 
 
 class Mlp(nn.Module):

@@ -1,0 +1,1 @@
+"""seqio Task and Mixture registrations; importing `tasks` registers them (they arrive with the data pipeline)."""

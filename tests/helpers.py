@@ -1,0 +1,27 @@
+"""Small configs and utilities shared by the tests."""
+
+import jax
+import flax.linen as nn
+
+from cm3leon_jax.models.config import DecoderConfig
+from cm3leon_jax.models.decoder import Decoder, init_params
+
+
+def tiny_config(family='cm3leon', **overrides) -> DecoderConfig:
+  """A tiny fp32 config of either family; chameleon gets grouped KV heads and QK-norm."""
+  base = dict(family=family, vocab_size=256, num_layers=2, embed_dim=64, num_heads=4,
+              max_length=64, dtype='float32', zero_init_residual=False)
+  if family == 'chameleon':
+    base.update(num_kv_heads=2, mlp_dim=96, qk_norm=True)
+  base.update(overrides)
+  return DecoderConfig(**base)
+
+
+def model_and_params(config, seed=0):
+  """The Decoder and its unboxed random parameters."""
+  model = Decoder(config)
+  return model, nn.meta.unbox(init_params(model, jax.random.key(seed)))
+
+
+def random_tokens(shape, vocab, seed=1):
+  return jax.random.randint(jax.random.key(seed), shape, 0, vocab)

@@ -9,7 +9,7 @@ table that maps those names to mesh axes.
 
 import dataclasses
 import math
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -133,24 +133,23 @@ def parameter_report(tree, shardings=None) -> ParameterReport:
 
   Args:
     tree: arrays or jax.ShapeDtypeStructs (boxed leaves are unboxed).
-    shardings: optional matching tree of shardings; by default each leaf's own sharding, and
-      leaves without one count as fully replicated on a single device.
+    shardings: optional matching tree of shardings (those of an AbstractMesh work too, so a pod's
+      layout can be costed on a laptop); by default each leaf's own sharding. A leaf without one
+      counts in full on one device.
+
+  Every array of a tree is assumed to span the same mesh, where each device holds one equally
+  shaped shard, so the per-device figure is the sum of the shard sizes.
   """
   leaves = jax.tree.leaves(nn.meta.unbox(tree))
   if shardings is None:
     shard_list = [getattr(leaf, 'sharding', None) for leaf in leaves]
   else:
     shard_list = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
-  count = total = 0
-  per_device: Dict[Any, int] = {}
+  count = total = per_device = 0
   for leaf, sharding in zip(leaves, shard_list):
-    nbytes = math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize
+    itemsize = jnp.dtype(leaf.dtype).itemsize
     count += math.prod(leaf.shape)
-    total += nbytes
-    if sharding is None:
-      per_device[None] = per_device.get(None, 0) + nbytes
-      continue
-    shard_bytes = math.prod(sharding.shard_shape(leaf.shape)) * jnp.dtype(leaf.dtype).itemsize
-    for device in sharding.device_set:
-      per_device[device] = per_device.get(device, 0) + shard_bytes
-  return ParameterReport(count, total, max(per_device.values(), default=0))
+    total += math.prod(leaf.shape) * itemsize
+    shard_shape = leaf.shape if sharding is None else sharding.shard_shape(leaf.shape)
+    per_device += math.prod(shard_shape) * itemsize
+  return ParameterReport(count, total, per_device)

@@ -114,3 +114,12 @@ def test_bf16_compute_keeps_fp32_master_weights():
 def test_bad_config_fails_at_build_time_with_one_message(overrides, message):
   with pytest.raises(ConfigError, match=message.replace('(', r'\(').replace(')', r'\)')):
     DecoderConfig(**{**dict(embed_dim=64, num_heads=4), **overrides})
+
+
+def test_too_long_sequence_is_refused_and_bad_token_ids_are_visible():
+  config = tiny_config(max_length=16)
+  model, params = model_and_params(config)
+  with pytest.raises(ValueError, match='Sequence length 17 exceeds max_length=16'):
+    model.apply({'params': params}, jnp.zeros((1, 17), jnp.int32))
+  logits = model.apply({'params': params}, jnp.array([[1, 2, config.vocab_size + 3]]))
+  assert np.isfinite(logits[0, :2]).all() and np.isnan(logits[0, 2]).all()

@@ -75,9 +75,13 @@ class Decoder(nn.Module):
       decode: use and update the KV cache (collection 'cache', which must be mutable).
 
     Returns:
-      [batch, length, vocab_size] float32 logits.
+      [batch, length, vocab_size] float32 logits. Token ids outside the vocabulary (or positions
+      outside the cm3leon position table) give NaN logits rather than silently wrapping around.
     """
     cfg = self.config
+    if tokens.shape[-1] > cfg.max_length:
+      raise ValueError(f'Sequence length {tokens.shape[-1]} exceeds max_length={cfg.max_length} '
+                       'of the DecoderConfig.')
     if positions is None:
       positions = self._default_positions(tokens, decode)
     x = layers.Embed(cfg, name='embed')(tokens, positions)

@@ -1,0 +1,313 @@
+"""Throughput benchmarks of cm3leon_jax against a PyTorch peer, in one process, same run.
+
+Usage:
+  .venv/bin/python tools/benchmark.py decoder [--layers=4 --embed_dim=512 ...]
+
+Benchmarks (the positional NAME; add new ones to ``BENCHMARKS``):
+  decoder: forward + backward (loss and gradients of every parameter, no optimizer) of the cm3leon
+    decoder in float32 against transformers' OPTForCausalLM of the same shape, same batch, same
+    sequence length and the same number of threads. It also measures this machine's float32 matmul
+    rate with jnp and reports our model FLOP/s (cm3leon_jax.flops) against it.
+
+Each benchmark prints a markdown table and ends with one machine-readable line:
+  RESULT <name> ours=<x> peer=<y> unit=<unit> ratio=<ours/peer> ...
+
+Both sides are timed in alternation in one process (see `interleaved_medians`). The tool's speed
+defaults (XLA flags, nn.scan) and what else was tried are documented at TUNED_XLA_FLAGS and
+--scan_layers below.
+"""
+
+import os
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Running from a checkout without `pip install -e .` still finds the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cm3leon_jax import flops  # pylint: disable=g-import-not-at-top
+from cm3leon_jax.losses import lm_loss  # pylint: disable=g-import-not-at-top
+from cm3leon_jax.models.config import DecoderConfig  # pylint: disable=g-import-not-at-top
+from cm3leon_jax.models.decoder import Decoder, init_params  # pylint: disable=g-import-not-at-top
+
+# XLA:CPU flags tuned on jaxlib 0.10 (2-core AMD EPYC, float32), measured by `decoder` against the
+# same-run torch peer:
+# * --xla_cpu_experimental_ynn_fusion_type=individual_dot: by default XLA:CPU hands YNNPACK whole
+#   fusions of a dot plus its elementwise/reduce neighbours. For the attention backward it builds
+#   one fusion of dO V^T with the softmax-backward multiply and row reduction, whose dot runs at
+#   ~13 GFLOP/s instead of ~180 (about 15% of the step's time). Restricting YNNPACK to plain dots
+#   (elementwise ops go back to XLA's loop emitter) cut attention fwd+bwd from ~180 to ~134 ms per
+#   layer and raised the step from 0.69x to ~0.78x the peer's tokens/s. No YNNPACK at all ('')
+#   gave ~0.75x; 'individual_dot,eltwise' ~0.76x; oneDNN dot fusion ~0.75x; unrolled layers,
+#   --xla_cpu_prefer_vector_width=512, --xla_cpu_use_fusion_emitters=false and
+#   --xla_cpu_enable_concurrency_optimized_scheduler=false did not help (within +-5% noise).
+# The flag names are experimental and XLA aborts on an unknown flag, so they are applied only on the
+# jaxlib line they were tuned for (see `xla_flags_for_this_jaxlib`).
+TUNED_XLA_FLAGS = '--xla_cpu_experimental_ynn_fusion_type=individual_dot'
+TUNED_JAXLIB_PREFIX = '0.10.'
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer('layers', 4, 'Transformer blocks.')
+flags.DEFINE_integer('embed_dim', 512, 'Model width d (MLP width is 4*d).')
+flags.DEFINE_integer('heads', 8, 'Attention heads.')
+flags.DEFINE_integer('vocab', 8192, 'Vocabulary size.')
+flags.DEFINE_integer('seq_len', 512, 'Tokens per sequence.')
+flags.DEFINE_integer('batch', 4, 'Sequences per step.')
+flags.DEFINE_integer('steps', 10, 'Timed steps per side (the median is reported).')
+flags.DEFINE_integer('warmup', 2, 'Untimed steps per side first (compilation, allocator warm-up).')
+# nn.scan was as fast or faster than unrolled layers here (0.78x vs 0.71x the peer with the tuned
+# flags): unrolled, XLA runs independent ops concurrently and they fight over the 2 cores.
+flags.DEFINE_bool('scan_layers', True, 'Stack our blocks with nn.scan (False: unrolled layers).')
+flags.DEFINE_integer('threads', 0, 'Threads for both sides (0: every core this process may use).')
+flags.DEFINE_integer('matmul_size', 2048, 'Side of the square float32 matmul timed for the peak.')
+flags.DEFINE_string('xla_flags', None,
+                    'XLA flags added to $XLA_FLAGS before the backend starts. Default: '
+                    f'{TUNED_XLA_FLAGS!r} on jaxlib {TUNED_JAXLIB_PREFIX}x, none otherwise.')
+
+
+def interleaved_medians(steps_by_name, rounds: int, warmup: int):
+  """Median wall time of each named step, timed in alternation: a, b, a, b, ...
+
+  Alternating (rather than all of a, then all of b) exposes both sides to the same background load
+  and clock drift, which on a small shared machine moves single timings by tens of percent. Each
+  step must synchronise itself before returning.
+  """
+  for step in steps_by_name.values():
+    for _ in range(warmup):
+      step()
+  times = {name: [] for name in steps_by_name}
+  for _ in range(rounds):
+    for name, step in steps_by_name.items():
+      start = time.perf_counter()
+      step()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(values) for name, values in times.items()}
+
+
+def xla_flags_for_this_jaxlib() -> str:
+  """--xla_flags if given, else the tuned flags when this jaxlib is the line they were tuned on."""
+  if FLAGS.xla_flags is not None:
+    return FLAGS.xla_flags
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  return TUNED_XLA_FLAGS if jaxlib.__version__.startswith(TUNED_JAXLIB_PREFIX) else ''
+
+
+def configure_backend():
+  """Set XLA flags and the thread budget; must run before JAX's backend starts (first array)."""
+  given = os.environ.get('XLA_FLAGS', '')
+  # A flag the caller already set in $XLA_FLAGS wins over ours.
+  extra = [f for f in xla_flags_for_this_jaxlib().split() if f.split('=')[0] not in given]
+  os.environ['XLA_FLAGS'] = ' '.join([given, *extra]).strip()
+  if FLAGS.threads:
+    # XLA:CPU sizes its thread pool from the CPUs this process may run on and has no flag for it,
+    # so --threads pins the process (torch gets the same count below).
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:FLAGS.threads])
+
+
+def thread_count() -> int:
+  """Threads each framework uses: the CPUs this process may run on (see configure_backend)."""
+  return len(os.sched_getaffinity(0))
+
+
+def random_batch(batch: int, seq_len: int, vocab: int):
+  """(inputs, targets) as int numpy arrays: one random sequence of seq_len+1 tokens, shifted."""
+  tokens = np.random.default_rng(0).integers(0, vocab, (batch, seq_len + 1), dtype=np.int32)
+  return tokens[:, :-1], tokens[:, 1:]
+
+
+def jax_matmul_step(size: int):
+  """A synchronised float32 [size, size] @ [size, size] jitted jnp matmul (2 * size**3 FLOPs)."""
+  a = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.key(2), (size, size), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  return lambda: matmul(a, b).block_until_ready()
+
+
+def torch_matmul_step(size: int):
+  """The same matmul in torch (context: the peer's BLAS may be faster or slower than XLA's)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  a, b = torch.randn(size, size), torch.randn(size, size)
+  return lambda: torch.matmul(a, b)
+
+
+def decoder_config() -> DecoderConfig:
+  """Our decoder's benchmark shape: float32 params and compute, no remat."""
+  return DecoderConfig(
+      family='cm3leon', vocab_size=FLAGS.vocab, num_layers=FLAGS.layers,
+      embed_dim=FLAGS.embed_dim, num_heads=FLAGS.heads, max_length=FLAGS.seq_len,
+      activation='relu', param_dtype='float32', dtype='float32', scan_layers=FLAGS.scan_layers,
+      remat_policy='none',
+      # Random output projections, as the peer has, so no gradient is trivially zero.
+      zero_init_residual=False)
+
+
+def make_jax_step(config: DecoderConfig):
+  """A jitted (params, inputs, targets) -> (loss, grads) of our decoder."""
+  model = Decoder(config)
+
+  def loss_fn(params, inputs, targets):
+    logits = model.apply({'params': params}, inputs)
+    return lm_loss(logits, targets)[0]
+
+  # No donate_argnums: every step reuses the same params and batch (there is no optimizer update
+  # to write into), so there is no buffer to give back; a trainer should donate its train state.
+  return jax.jit(jax.value_and_grad(loss_fn))
+
+
+def jax_decoder_step(config: DecoderConfig, inputs, targets):
+  """A synchronised training step of our decoder on fixed random parameters and batch."""
+  params = nn.meta.unbox(init_params(Decoder(config), jax.random.key(0)))
+  inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
+  step = make_jax_step(config)
+  return lambda: jax.block_until_ready(step(params, inputs, targets))
+
+
+def xla_cost_flops(config: DecoderConfig, inputs, targets) -> float:
+  """FLOPs of one training step by XLA's HLO cost analysis (every op, masked attention in full).
+
+  The analysis counts a while loop's body once, so it runs on the unrolled twin of the config
+  (lowered from shapes only; nothing is compiled or executed).
+  """
+  unrolled = config.replace(scan_layers=False)
+  shapes = jax.eval_shape(
+      lambda: nn.meta.unbox(init_params(Decoder(unrolled), jax.random.key(0))))
+  cost = make_jax_step(unrolled).lower(shapes, inputs, targets).cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older jax returns one dict per device.
+    cost = cost[0]
+  return float(cost.get('flops', float('nan'))) if cost else float('nan')
+
+
+def opt_peer(config: DecoderConfig):
+  """transformers' OPTForCausalLM with our decoder's shape and numerics (eval mode: no dropout)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from transformers import OPTConfig, OPTForCausalLM  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  peer_config = OPTConfig(
+      vocab_size=config.vocab_size, hidden_size=config.embed_dim,
+      num_hidden_layers=config.num_layers, ffn_dim=config.hidden_dim,
+      num_attention_heads=config.num_heads, max_position_embeddings=config.max_length,
+      word_embed_proj_dim=config.embed_dim, do_layer_norm_before=True, enable_bias=False,
+      layer_norm_elementwise_affine=False, activation_function='relu', dropout=0.0,
+      attention_dropout=0.0, layerdrop=0.0, tie_word_embeddings=False, use_cache=False)
+  model = OPTForCausalLM(peer_config).to(torch.float32)
+  return model.eval()
+
+
+def torch_decoder_step(config: DecoderConfig, inputs, targets):
+  """(training step of the OPT peer, its attention implementation's name)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  model = opt_peer(config)
+  inputs = torch.from_numpy(inputs.astype(np.int64))
+  targets = torch.from_numpy(targets.astype(np.int64)).reshape(-1)
+
+  def step():
+    # Eager torch runs synchronously on CPU: backward() returns once the gradients exist.
+    logits = model(input_ids=inputs, use_cache=False).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return loss
+
+  return step, model.config._attn_implementation  # pylint: disable=protected-access
+
+
+def decoder_benchmark() -> str:
+  """Our decoder's training step against OPTForCausalLM; returns the RESULT line."""
+  import torch  # pylint: disable=g-import-not-at-top
+  threads = thread_count()
+  torch.set_num_threads(threads)
+  config = decoder_config()
+  inputs, targets = random_batch(FLAGS.batch, FLAGS.seq_len, FLAGS.vocab)
+  tokens = FLAGS.batch * FLAGS.seq_len
+
+  ours = jax_decoder_step(config, inputs, targets)
+  xla_flops = xla_cost_flops(config, inputs, targets)
+  peer, attn_impl = torch_decoder_step(config, inputs, targets)
+  seconds = interleaved_medians(
+      {'ours': ours, 'peer': peer, 'jax_matmul': jax_matmul_step(FLAGS.matmul_size),
+       'torch_matmul': torch_matmul_step(FLAGS.matmul_size)}, FLAGS.steps, FLAGS.warmup)
+  jax_peak = 2 * FLAGS.matmul_size**3 / seconds['jax_matmul']
+  torch_peak = 2 * FLAGS.matmul_size**3 / seconds['torch_matmul']
+
+  ours_tps, peer_tps = tokens / seconds['ours'], tokens / seconds['peer']
+  per_token = flops.training_flops_per_token(config, FLAGS.seq_len)
+  per_token_full = flops.training_flops_per_token(config, FLAGS.seq_len, causal=False)
+  util = flops.mfu(config, FLAGS.seq_len, ours_tps, jax_peak)
+  print(decoder_table(config, threads, attn_impl, seconds['ours'], seconds['peer'], per_token,
+                      per_token_full, xla_flops / tokens, jax_peak, torch_peak))
+  return (f'RESULT decoder ours={ours_tps:.1f} peer={peer_tps:.1f} unit=tokens/s '
+          f'ratio={ours_tps / peer_tps:.3f} flops_util={util:.3f}')
+
+
+def decoder_table(config, threads, attn_impl, ours_s, peer_s, per_token, per_token_full,
+                  xla_per_token, jax_peak, torch_peak) -> str:
+  """The decoder benchmark's markdown report."""
+  tokens = FLAGS.batch * FLAGS.seq_len
+  ours_tps, peer_tps = tokens / ours_s, tokens / peer_s
+
+  def gflops(per_tok, tps):
+    return f'{per_tok * tps / 1e9:.1f}'
+
+  def pct(per_tok, tps):
+    return f'{100 * per_tok * tps / jax_peak:.1f}%'
+
+  rows = [
+      ('median step time (s)', f'{ours_s:.3f}', f'{peer_s:.3f}', f'{peer_s / ours_s:.3f}'),
+      ('tokens/s', f'{ours_tps:.1f}', f'{peer_tps:.1f}', f'{ours_tps / peer_tps:.3f}'),
+      ('model GFLOP/s (MaxText, causal attn)', gflops(per_token, ours_tps),
+       gflops(per_token, peer_tps), ''),
+      ('% of jnp matmul peak (MFU)', pct(per_token, ours_tps), pct(per_token, peer_tps), ''),
+      ('model GFLOP/s (attn counted in full)', gflops(per_token_full, ours_tps),
+       gflops(per_token_full, peer_tps), ''),
+      ('% of jnp matmul peak (attn in full)', pct(per_token_full, ours_tps),
+       pct(per_token_full, peer_tps), ''),
+      ('GFLOP/s by XLA cost analysis of our step', gflops(xla_per_token, ours_tps),
+       gflops(xla_per_token, peer_tps), ''),
+  ]
+  lines = [
+      f'## decoder: forward+backward, float32, {threads} threads',
+      '',
+      f'shape: layers={config.num_layers} d={config.embed_dim} heads={config.num_heads} '
+      f'mlp={config.hidden_dim} vocab={config.vocab_size} seq_len={FLAGS.seq_len} '
+      f'batch={FLAGS.batch} ({tokens} tokens/step); scan_layers={config.scan_layers}; '
+      f'steps={FLAGS.steps} (median) after warmup={FLAGS.warmup}',
+      f'peer: transformers OPTForCausalLM, attn_implementation={attn_impl}, '
+      f'torch {_torch_version()}; ours: jax {jax.__version__}',
+      f'training FLOPs/token: {per_token / 1e6:.2f} M (MaxText, causal attention halved), '
+      f'{per_token_full / 1e6:.2f} M (full attention), {xla_per_token / 1e6:.2f} M (XLA count)',
+      f'float32 {FLAGS.matmul_size}^3 matmul: jnp {jax_peak / 1e9:.1f} GFLOP/s (the peak used '
+      f'below), torch {torch_peak / 1e9:.1f} GFLOP/s',
+      f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}',
+      '',
+      '| metric | ours (cm3leon_jax) | peer (torch OPT) | ours/peer |',
+      '|---|---|---|---|',
+  ]
+  lines += [f'| {" | ".join(row)} |' for row in rows]
+  return '\n'.join(lines)
+
+
+def _torch_version() -> str:
+  import torch  # pylint: disable=g-import-not-at-top
+  return torch.__version__
+
+
+BENCHMARKS = {
+    'decoder': decoder_benchmark,
+}
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in BENCHMARKS:
+    raise app.UsageError(f'Give one benchmark NAME from {sorted(BENCHMARKS)}; got {argv[1:]}.')
+  configure_backend()
+  print(BENCHMARKS[argv[1]](), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from cm3leon_jax.models import layers
+from cm3leon_jax.models.blocked_attention import blocked_causal_attention
 from cm3leon_jax.models.config import DecoderConfig
 
 
@@ -54,14 +55,20 @@ class Attention(nn.Module):
     if self.decode:
       key, value, mask = self._update_cache(key, value)
       out = jax.nn.dot_product_attention(query, key, value, mask=mask,
-                                         implementation=cfg.attention_impl)
+                                         implementation=self._library_impl())
+    elif cfg.attention_impl == 'blocked':
+      out = blocked_causal_attention(query, key, value, segment_ids, cfg.attention_block)
     else:
       out = jax.nn.dot_product_attention(query, key, value, mask=segment_mask(segment_ids),
-                                         is_causal=True, implementation=cfg.attention_impl)
+                                         is_causal=True, implementation=self._library_impl())
     out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'kv'))
     out = layers.dense(cfg, x.shape[-1], ('heads', 'kv', 'embed'), 'out', contract=2,
                        zero_init=cfg.zero_init_residual)(out)
     return checkpoint_name(out, 'attention_out')
+
+  def _library_impl(self):
+    """The `implementation` argument of jax.nn.dot_product_attention ('blocked' is ours)."""
+    return self.config.attention_impl if self.config.attention_impl in ('xla', 'cudnn') else None
 
   def _update_cache(self, key, value):
     """Write the new keys/values at each example's cache index; return cache and attention mask.

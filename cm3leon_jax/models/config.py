@@ -18,6 +18,7 @@ import jax.numpy as jnp
 FAMILIES = ('cm3leon', 'chameleon')
 ACTIVATIONS = ('relu', 'gelu', 'gelu_exact', 'silu')
 DTYPES = ('float32', 'bfloat16', 'float16')
+ATTENTION_IMPLS = (None, 'xla', 'cudnn', 'blocked')
 
 
 class ConfigError(ValueError):
@@ -50,7 +51,10 @@ class DecoderConfig:
     dtype: compute dtype of activations and matmuls.
     scan_layers: stack the blocks with nn.scan (one compiled block; parameters gain a 'layers' axis).
     remat_policy: name from ``remat.POLICIES``; 'none' keeps every activation.
-    attention_impl: passed to jax.nn.dot_product_attention (None lets JAX pick; 'cudnn' on GPUs).
+    attention_impl: None or 'xla' (jax.nn.dot_product_attention's XLA path), 'cudnn' (its cuDNN
+      flash attention, for GPUs) or 'blocked' (``blocked_attention``: skips the masked triangle;
+      the fastest on CPUs). Decoding with the KV cache always uses jax.nn.dot_product_attention.
+    attention_block: queries per block of the 'blocked' implementation.
   """
 
   family: str = 'cm3leon'
@@ -75,13 +79,16 @@ class DecoderConfig:
   scan_layers: bool = True
   remat_policy: str = 'none'
   attention_impl: Optional[str] = None
+  attention_block: int = 128
 
   def __post_init__(self):
     _check_choice('family', self.family, FAMILIES)
     _check_choice('activation', self.activation, ACTIVATIONS)
     _check_choice('param_dtype', self.param_dtype, DTYPES)
     _check_choice('dtype', self.dtype, DTYPES)
-    for name in ('vocab_size', 'num_layers', 'embed_dim', 'num_heads', 'max_length'):
+    _check_choice('attention_impl', self.attention_impl, ATTENTION_IMPLS)
+    for name in ('vocab_size', 'num_layers', 'embed_dim', 'num_heads', 'max_length',
+                 'attention_block'):
       _check_positive(name, getattr(self, name))
     for name in ('num_kv_heads', 'head_dim', 'mlp_dim'):
       if getattr(self, name) is not None:

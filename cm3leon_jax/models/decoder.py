@@ -75,8 +75,9 @@ class Decoder(nn.Module):
       decode: use and update the KV cache (collection 'cache', which must be mutable).
 
     Returns:
-      [batch, length, vocab_size] float32 logits. Token ids outside the vocabulary (or positions
-      outside the cm3leon position table) give NaN logits rather than silently wrapping around.
+      [batch, length, vocab_size] float32 logits. A token id outside the vocabulary (or a position
+      outside the cm3leon position table) makes its sequence's logits NaN, so the loss shows it,
+      rather than silently wrapping around.
     """
     cfg = self.config
     if tokens.shape[-1] > cfg.max_length:

@@ -1,0 +1,25 @@
+"""tools/benchmark.py runs end to end on a tiny shape and prints its RESULT line."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_decoder_benchmark_prints_a_result_line():
+  args = ['decoder', '--layers=1', '--embed_dim=64', '--heads=2', '--vocab=256', '--seq_len=32',
+          '--batch=2', '--steps=2', '--warmup=1', '--matmul_size=128']
+  out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'benchmark.py'), *args],
+                       capture_output=True, text=True, check=True, cwd=ROOT).stdout
+  result = re.search(r'^RESULT decoder ours=([\d.]+) peer=([\d.]+) unit=tokens/s '
+                     r'ratio=([\d.]+) flops_util=([\d.]+)$', out, re.M)
+  assert result, out
+  ours, peer, ratio, _ = map(float, result.groups())
+  assert ours > 0 and peer > 0
+  assert ratio == pytest.approx(ours / peer, rel=1e-2)
+  assert '| tokens/s |' in out

@@ -1,0 +1,1 @@
+"""Data: image-caption sources, image preprocessing and the built-in synthetic dataset."""

@@ -1,0 +1,1 @@
+"""Evaluation: the synthetic-data judge (FID, captioning and VQA metrics come later)."""

@@ -18,6 +18,9 @@ $(VENV)/.runtime: requirements.txt pyproject.toml | $(BIN)/python
 
 $(VENV)/.test: requirements-test.txt $(VENV)/.runtime
 	$(BIN)/pip install -q -r requirements-test.txt
+	# The VQ-GAN oracle's modules need only torch and einops; its declared deps (pytorch-lightning,
+	# omegaconf, ...) would be dead weight, so it is installed without them.
+	$(BIN)/pip install -q --no-deps taming-transformers-rom1504==0.0.6
 	touch $@
 
 test: $(VENV)/.test

@@ -8,9 +8,16 @@ Benchmarks (the positional NAME; add new ones to ``BENCHMARKS``):
     decoder in float32 against transformers' OPTForCausalLM of the same shape, same batch, same
     sequence length and the same number of threads. It also measures this machine's float32 matmul
     rate with jnp and reports our model FLOP/s (cm3leon_jax.flops) against it.
+  vqgan: images/s of our jitted float32 VQ-GAN encoding images to codes and decoding codes to
+    images, against the taming-transformers PyTorch modules (the oracle of tests/test_vqgan.py) with
+    the same weights, config (--vqgan_gin), batch (--vqgan_batch) and threads. torch's OpenMP
+    threads slow down sharply when another process competes for the cores (on a shared 2-core
+    machine the 2-thread peer ran ~40x slower than with --threads=1), so check the load first.
 
 Each benchmark prints a markdown table and ends with one machine-readable line:
   RESULT <name> ours=<x> peer=<y> unit=<unit> ratio=<ours/peer> ...
+(vqgan reports two measurements: ours_encode= peer_encode= ours_decode= peer_decode= unit=images/s
+encode_ratio= decode_ratio=).
 
 Both sides are timed in alternation in one process (see `interleaved_medians`). The tool's speed
 defaults (XLA flags, nn.scan) and what else was tried are documented at TUNED_XLA_FLAGS and
@@ -32,9 +39,13 @@ import numpy as np
 # Running from a checkout without `pip install -e .` still finds the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cm3leon_jax import flops  # pylint: disable=g-import-not-at-top
+from cm3leon_jax import gin_utils  # pylint: disable=g-import-not-at-top
+from cm3leon_jax.interop import taming_vqgan  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.losses import lm_loss  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.models.config import DecoderConfig  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.models.decoder import Decoder, init_params  # pylint: disable=g-import-not-at-top
+from cm3leon_jax.models.vqgan import VQGAN  # pylint: disable=g-import-not-at-top
+from cm3leon_jax.models.vqgan_config import VQGANConfig  # pylint: disable=g-import-not-at-top
 
 # XLA:CPU flags tuned on jaxlib 0.10 (2-core AMD EPYC, float32), measured by `decoder` against the
 # same-run torch peer:
@@ -68,6 +79,9 @@ flags.DEFINE_enum('attention_impl', 'blocked', ['xla', 'blocked'],
                   "Our attention: 'blocked' skips the masked triangle (see blocked_attention.py).")
 flags.DEFINE_integer('threads', 0, 'Threads for both sides (0: every core this process may use).')
 flags.DEFINE_integer('matmul_size', 2048, 'Side of the square float32 matmul timed for the peak.')
+flags.DEFINE_string('vqgan_gin', 'vqgan/tiny.gin',
+                    'vqgan: gin file binding %VQGAN_CONFIG (path, or relative to gin/).')
+flags.DEFINE_integer('vqgan_batch', 16, 'vqgan: images per encode / decode call.')
 flags.DEFINE_string('xla_flags', None,
                     'XLA flags added to $XLA_FLAGS before the backend starts. Default: '
                     f'{TUNED_XLA_FLAGS!r} on jaxlib {TUNED_JAXLIB_PREFIX}x, none otherwise.')
@@ -299,8 +313,123 @@ def _torch_version() -> str:
   return torch.__version__
 
 
+def vqgan_config_from_gin(path: str) -> VQGANConfig:
+  """The VQGANConfig that the gin file binds to the macro VQGAN_CONFIG."""
+  import gin  # pylint: disable=g-import-not-at-top
+  gin_utils.parse([path])
+  try:
+    reference = gin.query_parameter('%VQGAN_CONFIG')
+  except ValueError as e:
+    raise ValueError(f'The gin file {path!r} defines no VQGAN_CONFIG macro.') from e
+  return reference.scoped_configurable_fn()
+
+
+def taming_peer(config: VQGANConfig):
+  """taming's VQModel layout (Encoder, VectorQuantizer2, Decoder, 1x1 convs), eval mode."""
+  # taming.models.vqgan would pull in pytorch_lightning, so the VQModel is assembled from modules.
+  # pylint: disable=g-import-not-at-top
+  import torch
+  from taming.modules.diffusionmodules import model as taming_model
+  from taming.modules.vqvae import quantize as taming_quantize
+  # pylint: enable=g-import-not-at-top
+  torch.manual_seed(0)
+  dd = dict(ch=config.ch, out_ch=config.in_channels, ch_mult=config.ch_mult,
+            num_res_blocks=config.num_res_blocks, attn_resolutions=config.attn_resolutions,
+            dropout=config.dropout, in_channels=config.in_channels, resolution=config.resolution,
+            z_channels=config.z_channels, double_z=False)
+  model = torch.nn.Module()
+  model.encoder = taming_model.Encoder(**dd)
+  model.decoder = taming_model.Decoder(**dd)
+  model.quantize = taming_quantize.VectorQuantizer2(config.n_embed, config.embed_dim,
+                                                    beta=config.beta, sane_index_shape=True)
+  model.quant_conv = torch.nn.Conv2d(config.z_channels, config.embed_dim, 1)
+  model.post_quant_conv = torch.nn.Conv2d(config.embed_dim, config.z_channels, 1)
+  return model.eval()
+
+
+def vqgan_steps(config: VQGANConfig, images: np.ndarray, codes: np.ndarray):
+  """Synchronised encode / decode steps of ours and the peer (same weights), and code agreement."""
+  import torch  # pylint: disable=g-import-not-at-top
+  peer = taming_peer(config)
+  params = taming_vqgan.params_from_torch_state_dict(
+      {k: v.numpy() for k, v in peer.state_dict().items()}, config)
+  model = VQGAN(config)
+  encode = jax.jit(lambda p, x: model.apply({'params': p}, x, method=VQGAN.encode_to_codes))
+  decode = jax.jit(lambda p, c: model.apply({'params': p}, c, method=VQGAN.decode_codes))
+  images_j, codes_j = jnp.asarray(images), jnp.asarray(codes)
+  # Each side gets its native layout (NHWC / NCHW), prepared outside the timed steps.
+  images_t = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+  codes_t = torch.from_numpy(codes.astype(np.int64))
+
+  @torch.no_grad()
+  def peer_encode():
+    return peer.quantize(peer.quant_conv(peer.encoder(images_t)))[2][2]
+
+  @torch.no_grad()
+  def peer_decode():
+    z_q = peer.quantize.embedding(codes_t).permute(0, 3, 1, 2)
+    return peer.decoder(peer.post_quant_conv(z_q))
+
+  agreement = float(np.mean(np.asarray(encode(params, images_j)) == peer_encode().numpy()))
+  steps = {
+      'ours_encode': lambda: encode(params, images_j).block_until_ready(),
+      'peer_encode': peer_encode,
+      'ours_decode': lambda: decode(params, codes_j).block_until_ready(),
+      'peer_decode': peer_decode,
+  }
+  return steps, agreement
+
+
+def vqgan_benchmark() -> str:
+  """Our VQ-GAN's encode and decode against taming's PyTorch modules; returns the RESULT line."""
+  import torch  # pylint: disable=g-import-not-at-top
+  threads = thread_count()
+  torch.set_num_threads(threads)
+  config = vqgan_config_from_gin(FLAGS.vqgan_gin)
+  rng = np.random.default_rng(0)
+  side, batch = config.resolution, FLAGS.vqgan_batch
+  images = rng.uniform(-1, 1, (batch, side, side, config.in_channels)).astype(np.float32)
+  codes = rng.integers(0, config.n_embed, (batch, config.latent_size, config.latent_size),
+                       dtype=np.int32)
+  steps, agreement = vqgan_steps(config, images, codes)
+  seconds = interleaved_medians(steps, FLAGS.steps, FLAGS.warmup)
+  rate = {name: batch / s for name, s in seconds.items()}
+  print(vqgan_table(config, threads, seconds, rate, agreement))
+  return (f'RESULT vqgan ours_encode={rate["ours_encode"]:.2f} '
+          f'peer_encode={rate["peer_encode"]:.2f} ours_decode={rate["ours_decode"]:.2f} '
+          f'peer_decode={rate["peer_decode"]:.2f} unit=images/s '
+          f'encode_ratio={rate["ours_encode"] / rate["peer_encode"]:.3f} '
+          f'decode_ratio={rate["ours_decode"] / rate["peer_decode"]:.3f}')
+
+
+def vqgan_table(config: VQGANConfig, threads: int, seconds, rate, agreement: float) -> str:
+  """The vqgan benchmark's markdown report."""
+  lines = [
+      f'## vqgan: encode (images -> codes) and decode (codes -> images), float32, '
+      f'{threads} threads',
+      '',
+      f'config: {FLAGS.vqgan_gin} ({config.resolution}x{config.resolution} -> '
+      f'{config.latent_size}x{config.latent_size} codes of {config.n_embed}, ch={config.ch}, '
+      f'ch_mult={list(config.ch_mult)}, num_res_blocks={config.num_res_blocks}, '
+      f'attn_resolutions={list(config.attn_resolutions)}); batch={FLAGS.vqgan_batch}; '
+      f'steps={FLAGS.steps} (median) after warmup={FLAGS.warmup}',
+      f'peer: taming-transformers modules, torch {_torch_version()}, eval, no_grad; ours: jax '
+      f'{jax.__version__}, jitted; same weights, codes agree on {agreement:.2%} of positions',
+      f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}',
+      '',
+      '| step | ours (s) | peer (s) | ours images/s | peer images/s | ours/peer |',
+      '|---|---|---|---|---|---|',
+  ]
+  for step in ('encode', 'decode'):
+    ours, peer = f'ours_{step}', f'peer_{step}'
+    lines.append(f'| {step} | {seconds[ours]:.4f} | {seconds[peer]:.4f} | {rate[ours]:.2f} | '
+                 f'{rate[peer]:.2f} | {rate[ours] / rate[peer]:.3f} |')
+  return '\n'.join(lines)
+
+
 BENCHMARKS = {
     'decoder': decoder_benchmark,
+    'vqgan': vqgan_benchmark,
 }
 
 

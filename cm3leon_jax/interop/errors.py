@@ -1,4 +1,4 @@
-"""The two errors of checkpoint conversion."""
+"""The errors of checkpoint conversion."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -10,3 +10,7 @@ class CheckpointMismatchError(ValueError):
 
 class UnsupportedConfigError(ValueError):
   """A checkpoint configuration that the decoder cannot represent (the message names the field)."""
+
+
+class EncoderOnlyError(UnsupportedConfigError):
+  """Decoding asked of an imported tokenizer whose checkpoint has no decoder weights."""

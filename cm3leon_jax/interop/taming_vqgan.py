@@ -1,11 +1,15 @@
 """Loading taming-transformers VQ-GAN weights (Make-A-Scene, Chameleon's tokenizer) into ``VQGAN``.
 
+Meta's Chameleon release ships its tokenizer as such a checkpoint (``vqgan.ckpt``) plus taming's
+YAML config (``vqgan.yaml``); ``meta_tokenizer.load_meta_tokenizer`` reads the pair.
+
 One naming rule drives the conversion: our parameter path with each list index '_i' written as
 '.i' (except the literal 'mid.block_1', 'mid.attn_1', 'mid.block_2'), and leaf 'kernel' / 'scale'
 / 'embedding' written as taming's 'weight' / 'weight' / 'embedding.weight'. Conv kernels change
 layout from torch's OIHW to Flax's HWIO; everything else is copied as is.
 """
 
+import pickle
 import re
 from typing import Dict, Mapping, Tuple
 
@@ -43,18 +47,23 @@ def _torch_shape(shape: Tuple[int, ...], leaf: str) -> Tuple[int, ...]:
   return (shape[3], shape[2], shape[0], shape[1]) if leaf == 'kernel' else tuple(shape)
 
 
-def params_from_torch_state_dict(state_dict: Mapping[str, np.ndarray], config: VQGANConfig):
+def params_from_torch_state_dict(state_dict: Mapping[str, np.ndarray], config: VQGANConfig,
+                                 without: Tuple[str, ...] = ()):
   """Our VQGAN parameter tree (for ``{'params': ...}``) from a taming VQModel state dict.
 
   Args:
     state_dict: taming key -> array (numpy, or anything np.asarray accepts), without 'loss.*'.
     config: the VQGANConfig that the checkpoint was trained with.
+    without: top-level submodules (e.g. 'decoder') that the state dict does not have and the
+      returned tree leaves out.
 
   Raises:
     CheckpointMismatchError: one message listing every missing, misshapen or unexpected tensor,
       each by its taming key (misshapen ones with the expected and the found torch shapes).
   """
-  expected = traverse_util.flatten_dict(abstract_params(config))
+  expected = {path: spec for path, spec in
+              traverse_util.flatten_dict(abstract_params(config)).items()
+              if path[0] not in without}
   problems, flat = [], {}
   for path, spec in expected.items():
     name, want = torch_name(path), _torch_shape(spec.shape, path[-1])
@@ -78,7 +87,13 @@ def load_taming_checkpoint(ckpt_path: str) -> Dict[str, np.ndarray]:
   """The VQModel tensors (as float32 numpy) of a taming Lightning `.ckpt`, without 'loss.*'."""
   import torch  # Local import: only checkpoint loading needs torch.
 
-  checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+  try:
+    checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+  except pickle.UnpicklingError as e:
+    # Never fall back to full unpickling: it runs arbitrary code from the file.
+    raise CheckpointMismatchError(
+        f'{ckpt_path} holds objects other than tensors, which torch.load(weights_only=True) '
+        f'refuses; re-save just its state_dict from a trusted environment. ({e})') from e
   state_dict = checkpoint.get('state_dict', checkpoint)
   kept = {name: value.float().numpy() for name, value in state_dict.items()
           if not name.startswith(LOSS_PREFIX)}

@@ -1,8 +1,9 @@
 """A rule-based judge of synthetic-dataset images: reads shapes back and scores captions.
 
 No learned model: each pixel takes the nearest palette colour (or background), connected regions of
-one colour are objects, and an object's shape follows from how much of its bounding box it fills
-(square ~1, circle ~pi/4, triangle ~1/2). Sizes come from the box side, positions from its centre.
+one colour are objects, and an object's shape follows from its bounding box: a triangle (apex up)
+is narrow at the top and fills about half its box, a square fills the box's corners, a circle leaves
+them empty. Sizes come from the box side, positions from its centre.
 This is robust to the blur and colour drift of a VQ-GAN reconstruction or a sampled image, which is
 what lets later issues judge generated images against their captions.
 """
@@ -19,7 +20,9 @@ from cm3leon_jax.data import synthetic
 
 _PALETTE_NAMES = ('background',) + tuple(synthetic.COLOURS)
 _PALETTE = np.array([synthetic.BACKGROUND] + list(synthetic.COLOURS.values()), np.float32)
-_SQUARE_FILL, _CIRCLE_FILL = 0.92, 0.66  # Fill-ratio thresholds between the three shapes.
+_CIRCLE_FILL = 0.66  # Below this share of its box a region is a triangle (circles fill ~0.79).
+_SQUARE_CORNERS = 0.6  # Share of the box's corner blocks covered above which a region is a square.
+_TRIANGLE_TAPER = 0.6  # Top-third over bottom-third area below which a region is a triangle.
 _MIN_AREA_FRACTION = 0.02  # Regions smaller than this share of the image are noise.
 _PHRASE = re.compile(r'a (small|large) (\w+) (circle|square|triangle)')
 _RELATIONS = ('left of', 'right of', 'above', 'below')
@@ -51,20 +54,38 @@ def read_objects(image: np.ndarray) -> List[DetectedObject]:
   for colour_index in range(1, len(_PALETTE)):
     regions, count = ndimage.label(labels == colour_index)
     for region_slice, region_id in zip(ndimage.find_objects(regions), range(1, count + 1)):
-      area = int((regions[region_slice] == region_id).sum())
-      if area >= min_area:
-        objects.append(_describe(region_slice, area, _PALETTE_NAMES[colour_index], resolution))
+      mask = regions[region_slice] == region_id
+      if mask.sum() >= min_area:
+        objects.append(_describe(region_slice, mask, _PALETTE_NAMES[colour_index], resolution))
   return sorted(objects, key=lambda o: o.centre)
 
 
-def _describe(region_slice, area, colour, resolution) -> DetectedObject:
+def _describe(region_slice, mask, colour, resolution) -> DetectedObject:
   ys, xs = region_slice
-  height, width = ys.stop - ys.start, xs.stop - xs.start
-  fill = area / (height * width)
-  shape = 'square' if fill > _SQUARE_FILL else 'circle' if fill > _CIRCLE_FILL else 'triangle'
+  height, width = mask.shape
+  fill = mask.sum() / (height * width)
+  # A triangle (apex up) is far narrower in its top third than in its bottom third; circles and
+  # squares are symmetric. This survives the blur that rounds a small triangle's corners and
+  # pushes its fill ratio towards a circle's.
+  third = max(1, height // 3)
+  taper = mask[:third].sum() / max(1, mask[-third:].sum())
+  if taper < _TRIANGLE_TAPER or fill < _CIRCLE_FILL:
+    shape = 'triangle'
+  else:
+    # Squares fill their box's corners, circles leave them empty; this survives blurred corners
+    # better than the fill ratio alone does.
+    shape = 'square' if _corner_fill(mask) > _SQUARE_CORNERS else 'circle'
   threshold = resolution * sum(synthetic.SIZE_FRACTIONS.values()) / 2
   size = 'large' if max(height, width) > threshold else 'small'
   return DetectedObject(shape, colour, size, (xs.start, ys.start, xs.stop, ys.stop))
+
+
+def _corner_fill(mask: np.ndarray) -> float:
+  """Mean coverage of the four corner blocks (a quarter of each side) of a region's box."""
+  h, w = mask.shape
+  bh, bw = max(1, h // 4), max(1, w // 4)
+  corners = (mask[:bh, :bw], mask[:bh, -bw:], mask[-bh:, :bw], mask[-bh:, -bw:])
+  return float(np.mean([c.mean() for c in corners]))
 
 
 def agrees_with_truth(image: np.ndarray, truth: Sequence[synthetic.SyntheticObject],

@@ -33,11 +33,21 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (), finalize: bool
   gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=finalize)
 
 
-def model_config(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> DecoderConfig:
-  """The DecoderConfig that the gin files bind to the macro MODEL_CONFIG."""
+def macro_value(gin_files: Sequence[str], bindings: Sequence[str], macro: str):
+  """Parse the gin files and evaluate the configurable reference bound to `macro`."""
   parse(gin_files, bindings)
   try:
-    reference = gin.query_parameter('%MODEL_CONFIG')
+    reference = gin.query_parameter(f'%{macro}')
   except ValueError as e:
-    raise ValueError(f'The gin files {list(gin_files)} define no MODEL_CONFIG macro.') from e
+    raise ValueError(f'The gin files {list(gin_files)} define no {macro} macro.') from e
   return reference.scoped_configurable_fn()
+
+
+def model_config(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> DecoderConfig:
+  """The DecoderConfig that the gin files bind to the macro MODEL_CONFIG."""
+  return macro_value(gin_files, bindings, 'MODEL_CONFIG')
+
+
+def vqgan_config(gin_files: Sequence[str], bindings: Sequence[str] = ()):
+  """The VQGANConfig that the gin files bind to the macro VQGAN_CONFIG."""
+  return macro_value(gin_files, bindings, 'VQGAN_CONFIG')

@@ -8,7 +8,6 @@ names of taming's VQModel, so its state dict has exactly the keys of a released 
 import glob
 import os
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from cm3leon_jax import gin_utils
+from cm3leon_jax.interop import taming_reference
 from cm3leon_jax.interop.errors import CheckpointMismatchError
 from cm3leon_jax.interop.taming_vqgan import load_taming_checkpoint, params_from_torch_state_dict
 from cm3leon_jax.models.config import ConfigError
@@ -35,20 +35,7 @@ def _taming_vqmodel(config: VQGANConfig) -> torch.nn.Module:
   """taming's VQModel layout built from its modules, with randomised norms."""
   # The Makefile installs the oracle (taming-transformers-rom1504, --no-deps); a missing oracle
   # is a failed setup, not a reason to skip.
-  from taming.modules.diffusionmodules import model as taming_model
-  from taming.modules.vqvae import quantize as taming_quantize
-  torch.manual_seed(0)
-  dd = dict(ch=config.ch, out_ch=config.in_channels, ch_mult=config.ch_mult,
-            num_res_blocks=config.num_res_blocks, attn_resolutions=config.attn_resolutions,
-            dropout=config.dropout, in_channels=config.in_channels, resolution=config.resolution,
-            z_channels=config.z_channels, double_z=False)
-  model = torch.nn.Module()
-  model.encoder = taming_model.Encoder(**dd)
-  model.decoder = taming_model.Decoder(**dd)
-  model.quantize = taming_quantize.VectorQuantizer2(config.n_embed, config.embed_dim,
-                                                    beta=config.beta, sane_index_shape=True)
-  model.quant_conv = torch.nn.Conv2d(config.z_channels, config.embed_dim, 1)
-  model.post_quant_conv = torch.nn.Conv2d(config.embed_dim, config.z_channels, 1)
+  model = taming_reference.build_vqmodel(config)
   with torch.no_grad():
     for module in model.modules():
       # Identity norms would hide a scale/bias mix-up in the conversion.
@@ -140,8 +127,7 @@ def test_straight_through_gradient(oracle):
 
 @pytest.mark.parametrize('path', VQGAN_FILES, ids=os.path.basename)
 def test_gin_vqgan_builds_abstractly(path):
-  gin_utils.parse([path])
-  config = gin.query_parameter('%VQGAN_CONFIG').scoped_configurable_fn()
+  config = gin_utils.vqgan_config([path])
   assert isinstance(config, VQGANConfig)
   count = sum(x.size for x in jax.tree.leaves(abstract_params(config)))
   name = os.path.basename(path)[:-4]

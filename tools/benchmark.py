@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cm3leon_jax import flops  # pylint: disable=g-import-not-at-top
 from cm3leon_jax import gin_utils  # pylint: disable=g-import-not-at-top
-from cm3leon_jax.interop import taming_vqgan  # pylint: disable=g-import-not-at-top
+from cm3leon_jax.interop import taming_reference, taming_vqgan  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.losses import lm_loss  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.models.config import DecoderConfig  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.models.decoder import Decoder, init_params  # pylint: disable=g-import-not-at-top
@@ -313,44 +313,10 @@ def _torch_version() -> str:
   return torch.__version__
 
 
-def vqgan_config_from_gin(path: str) -> VQGANConfig:
-  """The VQGANConfig that the gin file binds to the macro VQGAN_CONFIG."""
-  import gin  # pylint: disable=g-import-not-at-top
-  gin_utils.parse([path])
-  try:
-    reference = gin.query_parameter('%VQGAN_CONFIG')
-  except ValueError as e:
-    raise ValueError(f'The gin file {path!r} defines no VQGAN_CONFIG macro.') from e
-  return reference.scoped_configurable_fn()
-
-
-def taming_peer(config: VQGANConfig):
-  """taming's VQModel layout (Encoder, VectorQuantizer2, Decoder, 1x1 convs), eval mode."""
-  # taming.models.vqgan would pull in pytorch_lightning, so the VQModel is assembled from modules.
-  # pylint: disable=g-import-not-at-top
-  import torch
-  from taming.modules.diffusionmodules import model as taming_model
-  from taming.modules.vqvae import quantize as taming_quantize
-  # pylint: enable=g-import-not-at-top
-  torch.manual_seed(0)
-  dd = dict(ch=config.ch, out_ch=config.in_channels, ch_mult=config.ch_mult,
-            num_res_blocks=config.num_res_blocks, attn_resolutions=config.attn_resolutions,
-            dropout=config.dropout, in_channels=config.in_channels, resolution=config.resolution,
-            z_channels=config.z_channels, double_z=False)
-  model = torch.nn.Module()
-  model.encoder = taming_model.Encoder(**dd)
-  model.decoder = taming_model.Decoder(**dd)
-  model.quantize = taming_quantize.VectorQuantizer2(config.n_embed, config.embed_dim,
-                                                    beta=config.beta, sane_index_shape=True)
-  model.quant_conv = torch.nn.Conv2d(config.z_channels, config.embed_dim, 1)
-  model.post_quant_conv = torch.nn.Conv2d(config.embed_dim, config.z_channels, 1)
-  return model.eval()
-
-
 def vqgan_steps(config: VQGANConfig, images: np.ndarray, codes: np.ndarray):
   """Synchronised encode / decode steps of ours and the peer (same weights), and code agreement."""
   import torch  # pylint: disable=g-import-not-at-top
-  peer = taming_peer(config)
+  peer = taming_reference.build_vqmodel(config)
   params = taming_vqgan.params_from_torch_state_dict(
       {k: v.numpy() for k, v in peer.state_dict().items()}, config)
   model = VQGAN(config)
@@ -385,7 +351,7 @@ def vqgan_benchmark() -> str:
   import torch  # pylint: disable=g-import-not-at-top
   threads = thread_count()
   torch.set_num_threads(threads)
-  config = vqgan_config_from_gin(FLAGS.vqgan_gin)
+  config = gin_utils.vqgan_config([FLAGS.vqgan_gin])
   rng = np.random.default_rng(0)
   side, batch = config.resolution, FLAGS.vqgan_batch
   images = rng.uniform(-1, 1, (batch, side, side, config.in_channels)).astype(np.float32)

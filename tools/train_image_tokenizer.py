@@ -19,7 +19,6 @@ from typing import Dict, List, Optional, Tuple
 
 from absl import app, flags, logging
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -249,16 +248,6 @@ def evaluate(tokenizer: ImageTokenizer, start: int, count: int,
 
 # ----------------------------------------------------------------------------- main
 
-def vqgan_config_from_gin(gin_files, bindings) -> VQGANConfig:
-  """The VQGANConfig bound to the VQGAN_CONFIG macro by the gin files."""
-  gin_utils.parse(gin_files, bindings)
-  try:
-    reference = gin.query_parameter('%VQGAN_CONFIG')
-  except ValueError as e:
-    raise ValueError(f'The gin files {list(gin_files)} define no VQGAN_CONFIG macro.') from e
-  return reference.scoped_configurable_fn()
-
-
 def train(config: VQGANConfig, output_dir: str, *, steps: int, batch_size: int,
           learning_rate: float, source: str = 'synthetic', image_folder: Optional[str] = None,
           pool_size: int = 8000, reconstruction: str = 'l1', disc_weight: float = 0.0,
@@ -343,7 +332,7 @@ def main(argv):
   del argv
   if not _OUTPUT_DIR.value:
     raise app.UsageError('--output_dir is required.')
-  config = vqgan_config_from_gin(_GIN_FILE.value, _GIN_BINDINGS.value)
+  config = gin_utils.vqgan_config(_GIN_FILE.value, _GIN_BINDINGS.value)
   metrics = train(
       config, _OUTPUT_DIR.value, steps=_STEPS.value, batch_size=_BATCH_SIZE.value,
       learning_rate=_LEARNING_RATE.value, source=_SOURCE.value, image_folder=_IMAGE_FOLDER.value,

@@ -15,6 +15,8 @@ from typing import Optional
 
 import jax.numpy as jnp
 
+from cm3leon_jax.models import remat
+
 FAMILIES = ('cm3leon', 'chameleon')
 ACTIVATIONS = ('relu', 'gelu', 'gelu_exact', 'silu')
 DTYPES = ('float32', 'bfloat16', 'float16')
@@ -106,7 +108,6 @@ class DecoderConfig:
           '(each KV head serves a whole group of query heads).')
     if self.family == 'chameleon' and self.per_head_dim % 2:
       raise ConfigError(f'RoPE needs an even head_dim, got {self.per_head_dim}.')
-    from cm3leon_jax.models import remat  # Local import: remat imports nothing from here.
     _check_choice('remat_policy', self.remat_policy, tuple(remat.POLICIES))
 
   @property

@@ -95,6 +95,17 @@ class ImageTokenizer:
     checkpointer.wait_until_finished()
     return directory
 
+  @staticmethod
+  def load_config(directory: str) -> VQGANConfig:
+    """The VQGANConfig saved in `directory`, without loading the parameters.
+
+    Raises:
+      TokenizerCheckpointError: the directory is missing or lacks config.json or params/.
+    """
+    config_path, _ = _checkpoint_paths(directory)
+    with open(config_path, encoding='utf-8') as f:
+      return VQGANConfig(**json.load(f))
+
   @classmethod
   def load(cls, directory: str) -> 'ImageTokenizer':
     """The tokenizer saved by `save` in `directory`.
@@ -102,17 +113,22 @@ class ImageTokenizer:
     Raises:
       TokenizerCheckpointError: the directory is missing or lacks config.json or params/.
     """
-    directory = os.path.abspath(os.fspath(directory))
-    config_path = os.path.join(directory, CONFIG_FILE)
-    params_path = os.path.join(directory, PARAMS_DIR)
-    if not os.path.isdir(directory):
-      raise TokenizerCheckpointError(f'Image tokenizer directory {directory} does not exist.')
-    if not (os.path.isfile(config_path) and os.path.isdir(params_path)):
-      raise TokenizerCheckpointError(
-          f'{directory} is not an image tokenizer checkpoint: expected {CONFIG_FILE} and '
-          f'{PARAMS_DIR}/ written by ImageTokenizer.save.')
-    with open(config_path, encoding='utf-8') as f:
-      config = VQGANConfig(**json.load(f))
+    config = cls.load_config(directory)
+    _, params_path = _checkpoint_paths(directory)
     target = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), abstract_params(config))
     params = ocp.StandardCheckpointer().restore(params_path, target)
     return cls(config, params)
+
+
+def _checkpoint_paths(directory: str):
+  """(config.json, params/) of a tokenizer checkpoint, checked to exist."""
+  directory = os.path.abspath(os.fspath(directory))
+  config_path = os.path.join(directory, CONFIG_FILE)
+  params_path = os.path.join(directory, PARAMS_DIR)
+  if not os.path.isdir(directory):
+    raise TokenizerCheckpointError(f'Image tokenizer directory {directory} does not exist.')
+  if not (os.path.isfile(config_path) and os.path.isdir(params_path)):
+    raise TokenizerCheckpointError(
+        f'{directory} is not an image tokenizer checkpoint: expected {CONFIG_FILE} and '
+        f'{PARAMS_DIR}/ written by ImageTokenizer.save.')
+  return config_path, params_path

@@ -127,6 +127,24 @@ def load_image(source: ImageSource, min_side: int = DEFAULT_MIN_SIDE) -> Image.I
   return rgb
 
 
+def load_array(pixels: np.ndarray, min_side: int = DEFAULT_MIN_SIDE) -> Image.Image:
+  """Decoded uint8 pixels ([H, W], [H, W, 1], [H, W, 3] or RGBA [H, W, 4]) as an RGB Pillow image.
+
+  Raises:
+    ImageError: the array is not uint8 pixels of one of those shapes, or is smaller than `min_side`.
+  """
+  pixels = np.asarray(pixels)
+  if pixels.ndim == 3 and pixels.shape[-1] == 1:
+    pixels = pixels[..., 0]
+  if pixels.dtype != np.uint8 or not (pixels.ndim == 2 or pixels.shape[-1] in (3, 4)):
+    raise ImageError(f'<array>: expected uint8 pixels [H, W] or [H, W, 1|3|4], got {pixels.dtype} '
+                     f'{pixels.shape}')
+  height, width = pixels.shape[:2]
+  if min(width, height) < min_side:
+    raise ImageError(f'<array>: image is {width}x{height}, smaller than the minimum side {min_side}')
+  return to_rgb(Image.fromarray(pixels))
+
+
 def _resize_short_side(img: Image.Image, size: int) -> Image.Image:
   """Resize so the shorter side is `size`, keeping the aspect ratio (LANCZOS)."""
   width, height = img.size

@@ -1,0 +1,125 @@
+"""Training-example assembly: retrieved documents, then the query, then the CM3 rearrangement.
+
+  example = retrieved_1 <eos> retrieved_2 <eos> query        (documents in store order)
+  tokens  = CM3(example) <eos>                               (loss weight 0 on in-place sentinels)
+
+A document is ``text <break> image`` (or ``image <break> text`` with probability
+``image_first_probability``, drawn per document). The example must fit ``max_length`` including the
+CM3 growth and the final <eos>, so the span count is drawn first and the rules are, in order:
+an image is never cut; retrieved documents that do not fit are dropped (the query always stays);
+a query that alone is too long loses the end of its text; a query whose image alone does not fit
+gives no example (the seqio task filters it out). Retrieved documents carry the same loss weight as
+the query (CM3Leon's choice; RA-CM3 used 0.1).
+"""
+
+import dataclasses
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from cm3leon_jax import objective
+
+# A document as the store keeps it: (text ids, raw image codes); either may be empty.
+DocumentTokens = Tuple[np.ndarray, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class AssemblyConfig:
+  """How documents become one training example.
+
+  Attributes:
+    num_retrieved: at most this many retrieved documents go before the query (CM3Leon: 2).
+    image_first_probability: chance that a document is laid out ``image <break> text``.
+    masking_rate: chance that an example gets the CM3 rearrangement; otherwise it stays a plain
+      left-to-right sequence (SPEC masks every document: 1.0).
+    cm3: span count law, sentinel style and image weighting of the CM3 objective.
+  """
+
+  num_retrieved: int = 2
+  image_first_probability: float = 0.0
+  masking_rate: float = 1.0
+  cm3: objective.CM3Config = objective.CM3Config()
+
+  def __post_init__(self):
+    if self.num_retrieved < 0:
+      raise ValueError(f'AssemblyConfig.num_retrieved must be >= 0, got {self.num_retrieved}.')
+    for name in ('image_first_probability', 'masking_rate'):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f'AssemblyConfig.{name} must lie in [0, 1], got {getattr(self, name)}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLayout:
+  """The ids assembly needs besides the objective's: <eos>, <break> and image code 0."""
+
+  eos_id: int
+  break_id: int
+  first_image_id: int
+  cm3: objective.CM3Tokens
+
+  @classmethod
+  def from_vocabulary(cls, vocab) -> 'TokenLayout':
+    return cls(vocab.eos_id, vocab.break_id, vocab.first_image_id,
+               objective.CM3Tokens.from_vocabulary(vocab))
+
+
+def document_tokens(document: DocumentTokens, image_first: bool, layout: TokenLayout,
+                    max_text: Optional[int] = None) -> np.ndarray:
+  """Ids of one document, its text cut to `max_text` tokens when given."""
+  text = np.asarray(document[0], np.int32)[:max_text]
+  image = np.asarray(document[1], np.int32) + layout.first_image_id
+  parts = [p for p in ((image, text) if image_first else (text, image)) if p.size]
+  if len(parts) == 2:
+    parts.insert(1, np.array([layout.break_id], np.int32))
+  return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+
+def _fit_query(query: DocumentTokens, image_first: bool, budget: int,
+               layout: TokenLayout) -> Optional[np.ndarray]:
+  """The query's tokens within `budget`, cutting only its text; None if its image cannot fit."""
+  tokens = document_tokens(query, image_first, layout)
+  if len(tokens) <= budget:
+    return tokens
+  image_length = np.size(query[1])
+  text_room = budget - image_length - (1 if image_length else 0)
+  if image_length > budget:
+    return None
+  if text_room <= 0:
+    return document_tokens((np.zeros(0, np.int32), query[1]), image_first, layout)
+  return document_tokens(query, image_first, layout, max_text=text_room)
+
+
+def assemble(query: DocumentTokens, retrieved: Sequence[DocumentTokens], max_length: int,
+             rng: np.random.Generator, layout: TokenLayout,
+             config: AssemblyConfig) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+  """One training example: (int32 tokens ending in <eos>, int32 loss weights), or None.
+
+  Args:
+    query: the document being trained on.
+    retrieved: its neighbours, most relevant first (only the first num_retrieved are used).
+    max_length: the example's length limit (TASK_FEATURE_LENGTHS['targets']).
+    rng: all randomness (orders, span count, span placement).
+    layout: special ids.
+    config: see AssemblyConfig.
+  """
+  masked = rng.random() < config.masking_rate
+  num_spans = objective.draw_span_count(rng, config.cm3) if masked else 0
+  budget = max_length - 1 - objective.extra_tokens(num_spans)
+  image_first = lambda: rng.random() < config.image_first_probability
+  query_tokens = _fit_query(query, image_first(), budget, layout)
+  if query_tokens is None:
+    return None
+  pieces, used = [], len(query_tokens)
+  for document in list(retrieved)[:config.num_retrieved]:
+    tokens = document_tokens(document, image_first(), layout)
+    if tokens.size and used + len(tokens) + 1 <= budget:
+      pieces += [tokens, np.array([layout.eos_id], np.int32)]
+      used += len(tokens) + 1
+  example = np.concatenate(pieces + [query_tokens]).astype(np.int32)
+  if masked and example.size:
+    result = objective.rearrange(example, rng, layout.cm3, config.cm3, num_spans=num_spans)
+    tokens, weights = result.tokens, result.loss_weights
+  else:
+    tokens, weights = example, np.ones(len(example), np.int32)
+  return (np.append(tokens, layout.eos_id).astype(np.int32),
+          np.append(weights, 1).astype(np.int32))

@@ -1,0 +1,85 @@
+"""Registering seqio Tasks and Mixtures over document stores written by tools/preprocess.py.
+
+  register_store_task('my_data', '/data/my_store')   # every split folder with a manifest.json
+  seqio.get_mixture_or_task('my_data').get_dataset({'targets': 4096}, split='train')
+
+Both functions are gin-configurable, so a run's gin file can register its own data by path.
+Tasks read integer tokens only; ``store_tokens`` is cached by seqio's Beam cache
+(``python -m seqio.scripts.cache_tasks_main --module_import=tasks ...``, then
+USE_CACHED_TASKS=True); the assembly and the CM3 rearrangement run after the cache, so each epoch
+draws new masks.
+"""
+
+import functools
+import os
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import gin
+import seqio
+import tensorflow as tf
+
+from cm3leon_jax.data import assembly, seqio_ops
+from cm3leon_jax.data import store as store_lib
+
+
+def _split_stores(store_dir: str, splits: Optional[Sequence[str]]):
+  """{split: DocumentStore} for the requested splits (default: every folder with a manifest)."""
+  if splits is None:
+    if not tf.io.gfile.isdir(store_dir):
+      raise store_lib.StoreError(f'Store {store_dir} does not exist; write it with '
+                                 'tools/preprocess.py.')
+    splits = sorted(s for s in tf.io.gfile.listdir(store_dir) if tf.io.gfile.exists(
+        os.path.join(store_dir, s.rstrip('/'), store_lib.MANIFEST)))
+    splits = [s.rstrip('/') for s in splits]
+  if not splits:
+    raise store_lib.StoreError(f'Store {store_dir} has no split folder with a {store_lib.MANIFEST}.')
+  return {split: store_lib.DocumentStore(os.path.join(store_dir, split)) for split in splits}
+
+
+def _one_vocabulary(stores) -> store_lib.MultimodalVocabulary:
+  """The vocabulary all splits share; splits tokenized differently cannot train together."""
+  specs = {split: s.manifest['vocabulary'] for split, s in stores.items()}
+  first = next(iter(stores))
+  for split, spec in specs.items():
+    if spec['num_image_codes'] != specs[first]['num_image_codes'] or \
+        spec['num_sentinels'] != specs[first]['num_sentinels']:
+      raise store_lib.StoreError(f'Splits {first!r} and {split!r} of the store use different '
+                                 f'vocabularies: {specs[first]} vs {spec}.')
+  return stores[first].vocabulary()
+
+
+@gin.configurable
+def register_store_task(name: str, store_dir: str,
+                        assembly_config: assembly.AssemblyConfig = assembly.AssemblyConfig(),
+                        splits: Optional[Sequence[str]] = None,
+                        shuffle_buffer_size: int = 10_000) -> seqio.Task:
+  """Register (or re-register) the Task `name` reading the store at `store_dir`."""
+  stores = _split_stores(store_dir, splits)
+  vocabulary = _one_vocabulary(stores)
+  source = seqio.TFExampleDataSource(
+      {split: s.file_pattern for split, s in stores.items()},
+      feature_description=store_lib.feature_description(),
+      num_input_examples={split: s.num_documents for split, s in stores.items()})
+  layout = assembly.TokenLayout.from_vocabulary(vocabulary)
+  preprocessors = [
+      seqio_ops.store_tokens,
+      seqio.CacheDatasetPlaceholder(),
+      functools.partial(seqio_ops.cm3_examples, layout=layout, config=assembly_config),
+  ]
+  output_features = {
+      'targets': seqio.Feature(vocabulary, add_eos=False),
+      'loss_weights': seqio.Feature(seqio.PassThroughVocabulary(2), add_eos=False),
+  }
+  seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors,
+                                output_features=output_features,
+                                shuffle_buffer_size=shuffle_buffer_size)
+
+
+@gin.configurable
+def register_store_mixture(name: str,
+                           tasks: Sequence[Union[str, Tuple[str, float]]],
+                           default_rate: Union[float, Callable] = 1.0) -> seqio.Mixture:
+  """Register (or re-register) the Mixture `name` of registered tasks (names or (name, rate))."""
+  seqio.MixtureRegistry.remove(name)
+  return seqio.MixtureRegistry.add(name, list(tasks), default_rate=default_rate)

@@ -1,0 +1,200 @@
+"""seqio tasks over document stores: batches decode back to the stored documents."""
+
+import collections
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow_datasets as tfds
+
+import data_helpers
+from cm3leon_jax import objective
+from cm3leon_jax.data import preprocess
+from cm3leon_jax.data.assembly import AssemblyConfig, TokenLayout
+from cm3leon_jax.data.seqio_ops import CM3FeatureConverter
+from cm3leon_jax.data.sources import CocoCaptionsSource, SyntheticSource
+from cm3leon_jax.data.store import DocumentStore, write_shard
+from cm3leon_jax.vocab import Image, Text
+import tasks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LENGTH = 128
+
+
+@pytest.fixture(scope='module')
+def tokenizers(tmp_path_factory):
+  directory = tmp_path_factory.mktemp('tokenizers')
+  return (data_helpers.make_text_vocabulary(directory),
+          data_helpers.make_image_tokenizer(directory))
+
+
+@pytest.fixture(scope='module')
+def synthetic_store(tmp_path_factory, tokenizers):
+  """<store>/train (60 documents) and <store>/validation (20)."""
+  store_dir = tmp_path_factory.mktemp('store') / 'synthetic'
+  for split, count in (('train', 60), ('validation', 20)):
+    config = data_helpers.preprocess_config(store_dir / split, *tokenizers)
+    preprocess.run(SyntheticSource(count, split), config)
+  return str(store_dir)
+
+
+def batches(task_name, split='train', seed=7, shuffle=False, num_epochs=1, use_cached=False):
+  """All packed batches of one epoch, as numpy."""
+  task = seqio.get_mixture_or_task(task_name)
+  dataset = task.get_dataset({'targets': LENGTH}, split=split, shuffle=shuffle, seed=seed,
+                             num_epochs=num_epochs, use_cached=use_cached)
+  converted = CM3FeatureConverter(pack=True)(dataset, {'targets': LENGTH})
+  return list(converted.batch(4).as_numpy_iterator())
+
+
+def examples_of(batch_list):
+  """(targets, loss weights) of every packed example, in order."""
+  for batch in batch_list:
+    for row in range(len(batch['decoder_target_tokens'])):
+      segments = batch['decoder_segment_ids'][row]
+      for segment in np.unique(segments[segments > 0]):
+        where = segments == segment
+        yield batch['decoder_target_tokens'][row][where], batch['decoder_loss_weights'][row][where]
+
+
+def decoded_documents(batch_list, vocab, config=AssemblyConfig()):
+  """Every example's documents, un-rearranged and decoded: lists of (text, image codes)."""
+  layout = TokenLayout.from_vocabulary(vocab)
+  for targets, _ in examples_of(batch_list):
+    assert targets[-1] == vocab.eos_id
+    restored = objective.restore(targets[:-1], layout.cm3, config.cm3)
+    documents = []
+    for ids in np.split(restored, np.flatnonzero(restored == vocab.eos_id)):
+      segments = vocab.decode_document([i for i in ids.tolist() if i != vocab.eos_id])
+      documents.append((''.join(s.text for s in segments if isinstance(s, Text)),
+                        tuple(c for s in segments if isinstance(s, Image) for c in s.codes)))
+    yield documents
+
+
+def stored(store_dir, split='train'):
+  """The store's documents as (decoded text ids, image codes); text the vocabulary lacks is unk."""
+  store = DocumentStore(os.path.join(store_dir, split))
+  vocab = store.vocabulary()
+  return collections.Counter((vocab.decode(d.text_ids.tolist()), tuple(d.image_codes.tolist()))
+                             for d in store.documents())
+
+
+def test_batches_decode_back_to_every_stored_document(synthetic_store):
+  tasks.register_store_task('test_synthetic', synthetic_store)
+  vocab = DocumentStore(os.path.join(synthetic_store, 'train')).vocabulary()
+  for split in ('train', 'validation'):
+    got = collections.Counter(documents[-1] for documents in
+                              decoded_documents(batches('test_synthetic', split), vocab))
+    assert got == stored(synthetic_store, split)
+
+
+def test_decoder_features_and_loss_weights(synthetic_store):
+  tasks.register_store_task('test_synthetic', synthetic_store)
+  batch = batches('test_synthetic')[0]
+  assert set(batch) == {'decoder_target_tokens', 'decoder_input_tokens', 'decoder_loss_weights',
+                        'decoder_segment_ids', 'decoder_positions'}
+  assert batch['decoder_target_tokens'].shape == (4, LENGTH)
+  padding = batch['decoder_target_tokens'] == 0
+  assert (batch['decoder_loss_weights'][padding] == 0).all()
+  vocab = DocumentStore(os.path.join(synthetic_store, 'train')).vocabulary()
+  sentinels = [vocab.sentinel_id(i) for i in range(16)]
+  for targets, weights in examples_of([batch]):
+    in_place = np.isin(targets, sentinels) & (np.cumsum(targets == vocab.infill_id) == 0)
+    np.testing.assert_array_equal(weights == 0, in_place)
+
+
+def test_same_seed_same_batches_other_seed_other_masking(synthetic_store):
+  tasks.register_store_task('test_synthetic', synthetic_store)
+  first, again = batches('test_synthetic', seed=3), batches('test_synthetic', seed=3)
+  other = batches('test_synthetic', seed=4)
+  for a, b in zip(first, again):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  assert any(not np.array_equal(a['decoder_target_tokens'], c['decoder_target_tokens'])
+             for a, c in zip(first, other))
+
+
+def test_retrieved_documents_come_before_the_query(synthetic_store, tmp_path):
+  """A store whose records carry neighbours (as the retrieval stage writes them)."""
+  docs = list(DocumentStore(os.path.join(synthetic_store, 'train')).documents())[:10]
+  for i, d in enumerate(docs):
+    neighbours = [docs[(i + 1) % 10], docs[(i + 2) % 10]]
+    d.neighbour_ids = tuple(n.id for n in neighbours)
+    d.neighbour_text_ids = tuple(n.text_ids for n in neighbours)
+    d.neighbour_image_codes = tuple(n.image_codes for n in neighbours)
+  split_dir = tmp_path / 'retrieved' / 'train'
+  write_shard(str(split_dir), 0, 1, docs)
+  manifest = DocumentStore(os.path.join(synthetic_store, 'train')).manifest
+  manifest = dict(manifest, num_documents=10,
+                  shards=[{'file': 'documents-00000-of-00001.tfrecord', 'num_documents': 10}])
+  (split_dir / 'manifest.json').write_text(json.dumps(manifest))
+  vocab_file = manifest['vocabulary']['text_vocabulary']
+  (split_dir / vocab_file).write_bytes(
+      open(os.path.join(synthetic_store, 'train', vocab_file), 'rb').read())
+  tasks.register_store_task('test_retrieved', str(tmp_path / 'retrieved'))
+  vocab = DocumentStore(str(split_dir)).vocabulary()
+  key = lambda d: (d.text, tuple(d.image_codes.tolist()))
+  want = {key(d): [key(docs[(i + 1) % 10]), key(docs[(i + 2) % 10]), key(d)]
+          for i, d in enumerate(docs)}
+  got = list(decoded_documents(batches('test_retrieved'), vocab))
+  assert len(got) == 10 and all(documents == want[documents[-1]] for documents in got)
+
+
+def test_coco_mock_data_through_preprocessing_and_the_task(tmp_path, tokenizers):
+  store_dir = tmp_path / 'coco'
+  with tfds.testing.mock_data(num_examples=6):
+    config = data_helpers.preprocess_config(store_dir / 'train', *tokenizers)
+    preprocess.run(CocoCaptionsSource('train'), config)
+  tasks.register_store_task('test_coco', str(store_dir))
+  vocab = DocumentStore(str(store_dir / 'train')).vocabulary()
+  got = collections.Counter(documents[-1] for documents in
+                            decoded_documents(batches('test_coco'), vocab))
+  assert sum(got.values()) > 6 and got == stored(str(store_dir))
+
+
+def _run_tool(args, env=None):
+  result = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+@pytest.mark.slow
+def test_preprocess_tool_on_2000_pairs_same_store_with_two_workers(tmp_path, tokenizers):
+  common = ['tools/preprocess.py', '--source=synthetic', '--num_examples=2000',
+            f'--text_vocabulary={tokenizers[0]}', f'--image_tokenizer={tokenizers[1]}']
+  _run_tool(common + [f'--output_dir={tmp_path / "one"}'])
+  _run_tool(common + [f'--output_dir={tmp_path / "two"}', '--direct_num_workers=2',
+                      '--direct_running_mode=multi_processing'])
+  one, two = tmp_path / 'one' / 'train', tmp_path / 'two' / 'train'
+  assert sorted(os.listdir(one)) == sorted(os.listdir(two))
+  for name in os.listdir(one):
+    assert (one / name).read_bytes() == (two / name).read_bytes(), name
+  assert DocumentStore(str(one)).num_documents == 2000
+  tasks.register_store_task('test_2000', str(tmp_path / 'one'))
+  vocab = DocumentStore(str(one)).vocabulary()
+  got = collections.Counter(documents[-1] for documents in
+                            decoded_documents(batches('test_2000'), vocab))
+  assert got == stored(str(tmp_path / 'one'))
+  captions = collections.Counter(r.texts[0] for r in SyntheticSource(2000).read(0, 2000))
+  assert collections.Counter(text for text, _ in got.elements()) == captions
+
+
+@pytest.mark.slow
+def test_seqio_beam_cache_gives_the_same_batches(synthetic_store, tmp_path):
+  data_dir = os.path.dirname(synthetic_store)
+  env = dict(os.environ, CM3LEON_DATA_DIR=data_dir, PYTHONPATH=ROOT)
+  cache_dir = tmp_path / 'cache'
+  _run_tool(['-m', 'seqio.scripts.cache_tasks_main', '--module_import=tasks',
+             '--tasks=cm3leon_synthetic', f'--output_cache_dir={cache_dir}',
+             '--pipeline_options=--runner=DirectRunner'], env=env)
+  tasks.register_standard_tasks(data_dir)
+  seqio.add_global_cache_dirs([str(cache_dir)])
+  cached = batches('cm3leon_synthetic', use_cached=True)
+  vocab = DocumentStore(os.path.join(synthetic_store, 'train')).vocabulary()
+  got = collections.Counter(documents[-1] for documents in decoded_documents(cached, vocab))
+  assert got == stored(synthetic_store)

@@ -23,3 +23,18 @@ def test_decoder_benchmark_prints_a_result_line():
   assert ours > 0 and peer > 0
   assert ratio == pytest.approx(ours / peer, rel=1e-2)
   assert '| tokens/s |' in out
+
+
+@pytest.mark.slow
+def test_pipeline_benchmark_prints_a_result_line():
+  args = ['pipeline', '--pipeline_documents=100', '--pipeline_length=128', '--pipeline_batch=4',
+          '--pipeline_batches=5', '--train_steps=2', '--preprocess_images=40']
+  out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'benchmark.py'), *args],
+                       capture_output=True, text=True, check=True, cwd=ROOT).stdout
+  result = re.search(r'^RESULT pipeline ours=([\d.]+) peer=([\d.]+) unit=batches/s '
+                     r'ratio=([\d.]+) preprocess_1_worker=([\d.]+) preprocess_2_workers=([\d.]+) '
+                     r'preprocess_unit=images/s$', out, re.M)
+  assert result, out
+  ours, peer, ratio, one, two = map(float, result.groups())
+  assert min(ours, peer, one, two) > 0
+  assert ratio == pytest.approx(ours / peer, rel=1e-2)

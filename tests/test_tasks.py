@@ -191,7 +191,7 @@ def test_seqio_beam_cache_gives_the_same_batches(synthetic_store, tmp_path):
   cache_dir = tmp_path / 'cache'
   _run_tool(['-m', 'seqio.scripts.cache_tasks_main', '--module_import=tasks',
              '--tasks=cm3leon_synthetic', f'--output_cache_dir={cache_dir}',
-             '--pipeline_options=--runner=DirectRunner'], env=env)
+             '--pipeline_options=--runner=FnApiRunner'], env=env)
   tasks.register_standard_tasks(data_dir)
   seqio.add_global_cache_dirs([str(cache_dir)])
   cached = batches('cm3leon_synthetic', use_cached=True)

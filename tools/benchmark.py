@@ -8,6 +8,9 @@ Benchmarks (the positional NAME; add new ones to ``BENCHMARKS``):
     decoder in float32 against transformers' OPTForCausalLM of the same shape, same batch, same
     sequence length and the same number of threads. It also measures this machine's float32 matmul
     rate with jnp and reports our model FLOP/s (cm3leon_jax.flops) against it.
+  pipeline: packed seqio batches/s of the quickstart input pipeline against the batches/s the
+    quickstart train step consumes, and Beam preprocessing images/s with 1 and 2 workers (see
+    tools/benchmark_pipeline.py).
   vqgan: images/s of our jitted float32 VQ-GAN encoding images to codes and decoding codes to
     images, against the taming-transformers PyTorch modules (the oracle of tests/test_vqgan.py) with
     the same weights, config (--vqgan_gin), batch (--vqgan_batch) and threads. torch's OpenMP
@@ -46,6 +49,7 @@ from cm3leon_jax.models.config import DecoderConfig  # pylint: disable=g-import-
 from cm3leon_jax.models.decoder import Decoder, init_params  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.models.vqgan import VQGAN  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.models.vqgan_config import VQGANConfig  # pylint: disable=g-import-not-at-top
+import benchmark_pipeline  # pylint: disable=g-import-not-at-top  (tools/ is the script's folder)
 
 # XLA:CPU flags tuned on jaxlib 0.10 (2-core AMD EPYC, float32), measured by `decoder` against the
 # same-run torch peer:
@@ -396,6 +400,7 @@ def vqgan_table(config: VQGANConfig, threads: int, seconds, rate, agreement: flo
 BENCHMARKS = {
     'decoder': decoder_benchmark,
     'vqgan': vqgan_benchmark,
+    'pipeline': benchmark_pipeline.pipeline_benchmark,
 }
 
 

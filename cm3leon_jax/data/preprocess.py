@@ -18,6 +18,7 @@ import os
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 import numpy as np
 import tensorflow as tf
 
@@ -261,11 +262,24 @@ def copy_text_vocabulary(config: PreprocessConfig) -> None:
                    os.path.join(config.output_dir, text_vocabulary_file(config)), overwrite=True)
 
 
-def run(source, config: PreprocessConfig, pipeline_options: Optional[Any] = None) -> str:
+def local_runner_by_default(options: Optional[PipelineOptions]) -> PipelineOptions:
+  """The options, with the FnApiRunner when no --runner was given.
+
+  Beam's DirectRunner first tries to download its Prism runner from GitHub (and falls back after a
+  network error); the FnApiRunner it falls back to is what runs here, with --direct_num_workers
+  and --direct_running_mode, and needs no network.
+  """
+  options = options or PipelineOptions()
+  if options.view_as(StandardOptions).runner is None:
+    options.view_as(StandardOptions).runner = 'FnApiRunner'
+  return options
+
+
+def run(source, config: PreprocessConfig, pipeline_options: Optional[PipelineOptions] = None) -> str:
   """Run the whole pipeline; returns the manifest's path."""
   from cm3leon_jax.image_tokenizer import ImageTokenizer
   tokenizer_config = ImageTokenizer.load_config(config.image_tokenizer)
   copy_text_vocabulary(config)
-  with beam.Pipeline(options=pipeline_options) as root:
+  with beam.Pipeline(options=local_runner_by_default(pipeline_options)) as root:
     build_pipeline(root, source, config, tokenizer_config)
   return os.path.join(config.output_dir, store_lib.MANIFEST)

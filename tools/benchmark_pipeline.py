@@ -10,6 +10,9 @@ the tiny VQ-GAN of gin/vqgan/tiny.gin, examples of --pipeline_length tokens in b
 * Beam preprocessing images/s (decode, resize, VQ-encode, tokenize, write) with 1 and 2 workers.
 
 Speed does not depend on what the tokenizers learned, so they are built untrained here.
+TensorFlow, seqio and Beam are imported inside the functions: tools/benchmark.py imports this
+module for its flags, and TensorFlow loaded beside torch in one process crashes the torch peers
+of the other benchmarks.
 """
 
 import os
@@ -24,11 +27,6 @@ import numpy as np
 import optax
 
 from cm3leon_jax import gin_utils
-from cm3leon_jax.data import preprocess
-from cm3leon_jax.data.seqio_ops import CM3FeatureConverter
-from cm3leon_jax.data.sources import SyntheticSource
-from cm3leon_jax.data.store import DocumentStore
-from cm3leon_jax.image_tokenizer import ImageTokenizer
 from cm3leon_jax.losses import lm_loss
 from cm3leon_jax.models.config import DecoderConfig
 from cm3leon_jax.models.decoder import Decoder, init_params
@@ -51,6 +49,7 @@ QUICKSTART_DECODER = dict(family='cm3leon', num_layers=4, embed_dim=128, num_hea
 def make_tokenizers(directory: str):
   """(text vocabulary path, image tokenizer folder): a 128-piece BPE and an untrained tiny VQ-GAN."""
   import train_text_tokenizer  # pylint: disable=g-import-not-at-top  (tools/ is on sys.path)
+  from cm3leon_jax.image_tokenizer import ImageTokenizer  # pylint: disable=g-import-not-at-top
   text = train_text_tokenizer.train(train_text_tokenizer.synthetic_captions(2000),
                                     os.path.join(directory, 'text.model'), 128)
   config = gin_utils.vqgan_config(['vqgan/tiny.gin'])
@@ -62,6 +61,8 @@ def make_tokenizers(directory: str):
 def preprocess_rate(directory: str, tokenizers, workers: int, count: int, split: str) -> float:
   """Images/s of the Beam preprocessing of `count` synthetic pairs with `workers` workers."""
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.data.sources import SyntheticSource  # pylint: disable=g-import-not-at-top
   mode = 'multi_processing' if workers > 1 else 'in_memory'
   options = PipelineOptions(direct_num_workers=workers, direct_running_mode=mode)
   config = preprocess.PreprocessConfig(os.path.join(directory, split), *tokenizers,
@@ -74,6 +75,7 @@ def preprocess_rate(directory: str, tokenizers, workers: int, count: int, split:
 def input_pipeline_rate(store_dir: str, length: int, batch: int, num_batches: int) -> float:
   """Packed batches/s of the seqio task over the store (after 5 untimed batches)."""
   import tasks  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.data.seqio_ops import CM3FeatureConverter  # pylint: disable=g-import-not-at-top
   task = tasks.register_store_task('benchmark_pipeline', store_dir)
   dataset = task.get_dataset({'targets': length}, split='train', shuffle=True, seed=0,
                              num_epochs=None)
@@ -119,6 +121,7 @@ def train_step_rate(vocab_size: int, length: int, batch: int, steps: int) -> flo
 
 def pipeline_benchmark() -> str:
   """Run every measurement; returns the table and the RESULT line."""
+  from cm3leon_jax.data.store import DocumentStore  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as directory:
     tokenizers = make_tokenizers(directory)
     store_dir = os.path.join(directory, 'store')

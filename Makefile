@@ -1,9 +1,15 @@
 # The two commands of the README:
 #   make test   sets up .venv from requirements-test.txt and runs the whole test suite.
-#   make demo   sets up .venv from requirements.txt and runs the current main job (see README).
+#   make demo   sets up .venv from requirements.txt and runs the main job, tools/quickstart.py:
+#               synthetic data -> tokenizers -> store -> train the quickstart model -> report
+#               (in $(QUICKSTART_DIR); running it again resumes where it stopped).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+QUICKSTART_DIR ?= /tmp/cm3leon_quickstart
+# The trainer and tools run on CPU here; libtpu (installed for tools/aot_compile.py) would otherwise
+# probe for a TPU in every process.
+export JAX_PLATFORMS ?= cpu
 
 .PHONY: test demo benchmark clean
 
@@ -27,8 +33,7 @@ test: $(VENV)/.test
 	$(BIN)/python -m pytest -n 2 --durations=15
 
 demo: $(VENV)/.runtime
-	$(BIN)/python tools/model_info.py --gin_file=gin/models/tiny.gin
-	$(BIN)/python tools/model_info.py --gin_file=gin/models/cm3leon_7b.gin --mesh_fsdp=64
+	$(BIN)/python tools/quickstart.py --workdir=$(QUICKSTART_DIR)
 
 benchmark: $(VENV)/.test
 	$(BIN)/python tools/benchmark.py decoder

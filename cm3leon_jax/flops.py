@@ -72,3 +72,40 @@ def mfu(config: DecoderConfig, seq_len: int, tokens_per_second: float, peak_flop
   if peak_flops_per_second <= 0:
     raise ValueError(f'peak_flops_per_second must be > 0, got {peak_flops_per_second!r}.')
   return achieved_flops(config, seq_len, tokens_per_second, causal) / peak_flops_per_second
+
+
+# Dense bf16 peak FLOP/s per device (datasheets), keyed by the start of jax's device_kind.
+PEAK_FLOPS_BY_DEVICE_KIND = {
+    'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12,
+    'TPU v5': 459e12, 'TPU v6 lite': 918e12, 'TPU v6e': 918e12,
+    'NVIDIA H100': 989e12, 'NVIDIA H200': 989e12, 'NVIDIA A100': 312e12,
+}
+
+
+def peak_flops_per_device(device, measure_cpu: bool = True) -> float:
+  """A device's peak FLOP/s: the datasheet figure, or for a CPU a measured float32 matmul rate.
+
+  Returns NaN for an unknown accelerator (MFU is then reported as NaN rather than guessed).
+  """
+  for kind, peak in PEAK_FLOPS_BY_DEVICE_KIND.items():
+    if device.device_kind.startswith(kind):
+      return peak
+  if device.platform == 'cpu' and measure_cpu:
+    return measured_matmul_flops()
+  return float('nan')
+
+
+def measured_matmul_flops(size: int = 1024, repeats: int = 5) -> float:
+  """Best float32 FLOP/s of a jitted size x size matmul on the default device."""
+  import time  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size ** 3 / best

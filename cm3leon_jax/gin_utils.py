@@ -34,13 +34,15 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (), finalize: bool
 
 
 def macro_value(gin_files: Sequence[str], bindings: Sequence[str], macro: str):
-  """Parse the gin files and evaluate the configurable reference bound to `macro`."""
+  """Parse the gin files and return `macro`'s value (a configurable reference is evaluated)."""
   parse(gin_files, bindings)
   try:
     reference = gin.query_parameter(f'%{macro}')
   except ValueError as e:
     raise ValueError(f'The gin files {list(gin_files)} define no {macro} macro.') from e
-  return reference.scoped_configurable_fn()
+  if hasattr(reference, 'scoped_configurable_fn'):
+    return reference.scoped_configurable_fn()
+  return reference
 
 
 def model_config(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> DecoderConfig:

@@ -43,3 +43,21 @@ def test_gin_typo_names_the_parameter():
 def test_missing_gin_file_is_named():
   with pytest.raises(FileNotFoundError, match='nope.gin'):
     gin_utils.model_config(['models/nope.gin'])
+
+
+RUN_FILES = sorted(glob.glob(os.path.join(gin_utils.GIN_DIR, 'runs', 'pretrain_*.gin')))
+
+
+@pytest.mark.parametrize('path', [p for p in RUN_FILES if not p.endswith('common.gin')],
+                         ids=os.path.basename)
+def test_every_run_file_configures_the_trainer(path):
+  import gin  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax import optimizer, partitioning  # pylint: disable=g-import-not-at-top
+  gin_utils.parse([path])
+  assert gin.query_parameter('%BATCH_SIZE') * gin.query_parameter('%TASK_FEATURE_LENGTHS')[
+      'targets'] == 2048 * 4096  # The paper's 8M-token batches.
+  assert isinstance(gin_utils.macro_value([path], [], 'OPTIMIZER_CONFIG'),
+                    optimizer.OptimizerConfig)
+  mesh = gin.query_parameter('train.train.mesh_config').scoped_configurable_fn()
+  assert isinstance(mesh, partitioning.MeshConfig)
+  assert gin.query_parameter('train.train.mixture_or_task_name') is not None

@@ -1,0 +1,251 @@
+r"""Train a CM3Leon decoder from gin configs, on one CPU or a TPU pod.
+
+  python -m cm3leon_jax.train --gin_file=gin/quickstart.gin --gin.MODEL_DIR="'/tmp/run'"
+  python -m cm3leon_jax.train --gin_file=models/cm3leon_760m.gin --gin_file=runs/pretrain_760m_v5p.gin \
+      --gin.MODEL_DIR="'gs://bucket/run'"
+
+``train()`` reads top to bottom: mesh, model, optimizer, data, restore (or initialise), then the
+loop: step, log, evaluate, checkpoint. Running the same command again resumes from the newest good
+checkpoint in MODEL_DIR with the data iterator where it was, so a killed run ends with the same
+parameters as an uninterrupted one. Gin files and bindings are parsed before anything is built, so
+a typo fails at once with gin's message and the file name.
+"""
+
+import json
+import logging as logging_std
+import math
+import os
+import sys
+import time
+from typing import Dict, Mapping, Optional, Sequence
+
+from absl import app, flags, logging
+import gin
+import jax
+import numpy as np
+
+from cm3leon_jax import checkpoints, flops, gin_utils, partitioning
+from cm3leon_jax import optimizer as optimizer_lib
+from cm3leon_jax import train_state as state_lib
+from cm3leon_jax.data import input_pipeline
+from cm3leon_jax.models.config import DecoderConfig
+from cm3leon_jax.models.decoder import Decoder
+from cm3leon_jax.training_metrics import MetricsLogger
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """The command line's flags; defined on first use because the module also runs as __main__."""
+  if 'gin_file' in FLAGS:
+    return
+  flags.DEFINE_multi_string('gin_file', [], 'Gin files (searched in gin/ too).')
+  flags.DEFINE_multi_string('gin_bindings', [], 'Gin bindings; --gin.NAME=VALUE also works.')
+  flags.DEFINE_string('coordinator_address', None,
+                      'host:port of process 0, for multi-process runs off TPU.')
+  flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
+  flags.DEFINE_integer('process_id', None, 'This process in a multi-process run.')
+  flags.DEFINE_bool('multihost', False,
+                    'Call jax.distributed.initialize() with no arguments (TPU pods).')
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss (or another metric) became NaN or inf; the run stops with its last good checkpoint."""
+
+
+def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
+  bad = [k for k in ('loss', 'grad_norm') if k in metrics and not math.isfinite(metrics[k])]
+  if bad:
+    raise NonFiniteLossError(
+        f'Step {step}: {", ".join(f"{k}={metrics[k]}" for k in bad)} is not finite. The run stops; '
+        'its last checkpoint holds the last good state. Lower the learning rate or check the data.')
+
+
+def _write_gin_config(model_dir: str, name: str, text: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(model_dir, name), 'w', encoding='utf-8') as f:
+      f.write(text)
+
+
+def _abstract_with_shardings(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def _initial_state(model, optimizer, mesh, seed, initial_checkpoint_path, abstract, shardings):
+  """A new state; with INITIAL_CHECKPOINT_PATH its parameters come from that run (fine-tuning)."""
+  state, _ = state_lib.init_train_state(model, optimizer, mesh, seed)
+  if initial_checkpoint_path:
+    params = checkpoints.load_params(
+        initial_checkpoint_path, _abstract_with_shardings(abstract.params, shardings.params))
+    state = state.replace(params=params, opt_state=jax.jit(
+        optimizer.init, out_shardings=shardings.opt_state)(params))
+    logging.info('Parameters loaded from %s.', initial_checkpoint_path)
+  return state
+
+
+def evaluate(eval_step, params, dataset, sharding, num_batches: int) -> Dict[str, float]:
+  """Validation metrics over the first `num_batches` batches of `dataset` (same ones every time)."""
+  totals = None
+  for i, batch in enumerate(dataset.as_numpy_iterator()):
+    if i == num_batches:
+      break
+    sums = jax.device_get(eval_step(params, input_pipeline.to_global(batch, sharding)))
+    totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+  if totals is None:
+    raise ValueError('The validation split gave no batch: lower BATCH_SIZE or add data.')
+  return state_lib.eval_metrics(totals)
+
+
+@gin.configurable(denylist=['model_dir'])
+def train(model_dir: str,
+          model_config: DecoderConfig = gin.REQUIRED,
+          mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED,
+          optimizer_config: optimizer_lib.OptimizerConfig = optimizer_lib.OptimizerConfig(),
+          microbatches: int = 1,
+          z_loss: float = 0.0,
+          mesh_config: partitioning.MeshConfig = partitioning.MeshConfig(),
+          checkpoint_every: int = 1000,
+          keep_checkpoints: Optional[int] = 3,
+          eval_every: int = 1000,
+          eval_batches: int = 10,
+          eval_split: str = 'validation',
+          log_every: int = 10,
+          seed: int = 0,
+          data_seed: int = 0,
+          initial_checkpoint_path: Optional[str] = None,
+          use_cached_tasks: bool = False,
+          data_shards: Optional[int] = None,
+          num_devices: Optional[int] = None,
+          async_checkpoints: bool = True) -> Dict[str, float]:
+  """Train until `train_steps` (resuming from MODEL_DIR); returns the last validation metrics."""
+  os.makedirs(model_dir, exist_ok=True)
+  _write_gin_config(model_dir, 'config.gin', gin.config_str())
+  mesh = partitioning.make_mesh(mesh_config, jax.devices()[:num_devices])
+  model = Decoder(model_config)
+  schedule = optimizer_lib.learning_rate_schedule(optimizer_config, train_steps)
+  optimizer = optimizer_lib.make_optimizer(optimizer_config, train_steps)
+  length = task_feature_lengths['targets']
+
+  train_data = input_pipeline.make_dataset(mixture_or_task_name, task_feature_lengths, batch_size,
+                                           seed=data_seed, use_cached=use_cached_tasks,
+                                           num_shards=data_shards)
+  train_iterator = iter(train_data)
+  eval_data = input_pipeline.make_dataset(mixture_or_task_name, task_feature_lengths, batch_size,
+                                          split=eval_split, shuffle=False, num_epochs=1,
+                                          use_cached=use_cached_tasks, num_shards=data_shards)
+  vocab = input_pipeline.vocabulary(mixture_or_task_name)
+  if model_config.vocab_size < vocab.vocab_size:
+    raise ValueError(f'The model has vocab_size={model_config.vocab_size}, but the data of '
+                     f'{mixture_or_task_name!r} uses {vocab.vocab_size} ids; set '
+                     f'DecoderConfig.vocab_size >= {vocab.vocab_size}.')
+  step_config = state_lib.StepConfig(microbatches, z_loss, vocab.first_image_id,
+                                     vocab.num_image_codes)
+
+  abstract, shardings = state_lib.abstract_train_state(model, optimizer, mesh)
+  checkpointer = checkpoints.Checkpointer(model_dir, checkpoint_every, keep_checkpoints,
+                                          async_checkpoints)
+  state, start = checkpointer.restore_latest(_abstract_with_shardings(abstract, shardings),
+                                             train_iterator)
+  if state is None:
+    state, start = _initial_state(model, optimizer, mesh, seed, initial_checkpoint_path,
+                                  abstract, shardings), 0
+
+  train_step = state_lib.jit_train_step(
+      state_lib.make_train_step(model, optimizer, schedule, step_config), mesh, shardings)
+  eval_step = jax.jit(state_lib.make_eval_step(model, step_config))
+  batch_sharding = state_lib.batch_sharding(mesh)
+  logger = MetricsLogger(model_dir, train_steps, is_primary=jax.process_index() == 0)
+  peak = flops.peak_flops_per_device(jax.devices()[0])
+  flops_per_token = flops.training_flops_per_token(model_config, length)
+  preemption = checkpoints.PreemptionFlag()
+
+  eval_metrics, window_start, window_steps = {}, time.perf_counter(), 0
+  for step in range(start, train_steps):
+    batch = input_pipeline.to_global(next(train_iterator), batch_sharding)
+    state, metrics = train_step(state, batch)
+    done = step + 1
+    window_steps += 1
+    if done == start + 1:
+      _write_gin_config(model_dir, 'operative_config.gin', gin.operative_config_str())
+    if done % log_every == 0 or done == train_steps:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      _check_finite(done, metrics)
+      seconds = (time.perf_counter() - window_start) / window_steps
+      tokens_per_s = batch_size * length / seconds
+      metrics.update(step_time=seconds, tokens_per_s=tokens_per_s,
+                     mfu=flops_per_token * tokens_per_s / jax.device_count() / peak)
+      logger.write(done, metrics)
+      window_start, window_steps = time.perf_counter(), 0
+    if done % eval_every == 0 or done == train_steps:
+      eval_metrics = evaluate(eval_step, state.params, eval_data, batch_sharding, eval_batches)
+      logger.write(done, eval_metrics, split='validation')
+    if checkpointer.should_save(done) or preemption.is_set() or done == train_steps:
+      _check_finite(done, {'loss': float(metrics['loss'])})
+      checkpointer.save(done, state, train_iterator, force=True)
+    if preemption.is_set():
+      break
+  checkpointer.close()
+  logger.close()
+  preemption.restore_handler()
+  return eval_metrics
+
+
+def _gin_dot_bindings(argv: Sequence[str]):
+  """t5x's --gin.NAME=VALUE arguments become gin bindings; the rest stays for absl."""
+  rest, bindings = [], []
+  for arg in argv:
+    if arg.startswith('--gin.'):
+      bindings.append(arg[len('--gin.'):])
+    else:
+      rest.append(arg)
+  return rest, bindings
+
+
+def _initialize_distributed():
+  if FLAGS.coordinator_address:
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif FLAGS.multihost:
+    jax.distributed.initialize()
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Drops orbax's and TensorStore's INFO lines (dozens per checkpoint); warnings still show."""
+
+  def filter(self, record):
+    return record.levelno >= logging_std.WARNING or not any(
+        name in record.pathname for name in ('/orbax/', '/tensorstore/'))
+
+
+def main(argv, extra_bindings=()):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  _initialize_distributed()
+  # Parse (and fail on typos) before any data or compilation work starts.
+  gin_utils.parse(FLAGS.gin_file, list(FLAGS.gin_bindings) + list(extra_bindings))
+  try:
+    model_dir = gin.query_parameter('%MODEL_DIR')
+  except ValueError:
+    raise app.UsageError("No MODEL_DIR: pass --gin.MODEL_DIR=\"'/path/to/run'\".") from None
+  final = train(model_dir)
+  if jax.process_index() == 0:
+    print(json.dumps({'model_dir': model_dir, 'validation': final}), flush=True)
+
+
+def run():
+  """Console entry point: accepts --gin.NAME=VALUE as t5x does."""
+  _define_flags()
+  argv, bindings = _gin_dot_bindings(sys.argv)
+  app.run(lambda a: main(a, bindings), argv=argv)
+
+
+if __name__ == '__main__':
+  # Run the importable module, not this __main__ copy, so that gin files importing
+  # cm3leon_jax.train configure the same `train` that runs.
+  from cm3leon_jax import train as train_module  # pylint: disable=import-self
+  train_module.run()

@@ -1,0 +1,223 @@
+"""The trainer: sharded == single device, exact resume after kill -9, multi-process, guards."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import data_helpers
+from cm3leon_jax import checkpoints, gin_utils
+from cm3leon_jax import train as train_lib
+from cm3leon_jax.data import preprocess
+from cm3leon_jax.data.sources import SyntheticSource
+from cm3leon_jax.training_metrics import read_metrics
+import tasks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TRAIN_GIN = """
+from __gin__ import dynamic_registration
+from cm3leon_jax import optimizer
+from cm3leon_jax import partitioning
+from cm3leon_jax import train
+from cm3leon_jax.models import config
+
+train.train:
+  model_config = @config.DecoderConfig()
+  mixture_or_task_name = 'cm3leon_synthetic'
+  task_feature_lengths = {'targets': 64}
+  batch_size = 8
+  train_steps = 20
+  optimizer_config = @optimizer.OptimizerConfig()
+  checkpoint_every = 5
+  eval_every = 10
+  eval_batches = 2
+  log_every = 1
+  mesh_config = @partitioning.MeshConfig()
+  async_checkpoints = False
+optimizer.OptimizerConfig:
+  peak_learning_rate = 3e-3
+  warmup_steps = 4
+config.DecoderConfig:
+  vocab_size = 512
+  num_layers = 2
+  embed_dim = 32
+  num_heads = 4
+  max_length = 64
+  dtype = 'float32'
+"""
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """$CM3LEON_DATA_DIR with a small synthetic store (train 80, validation 20)."""
+  root = tmp_path_factory.mktemp('data')
+  tokenizers = (data_helpers.make_text_vocabulary(root), data_helpers.make_image_tokenizer(root))
+  for split, count in (('train', 80), ('validation', 20)):
+    config = data_helpers.preprocess_config(root / 'synthetic' / split, *tokenizers)
+    preprocess.run(SyntheticSource(count, split), config)
+  tasks.register_standard_tasks(str(root))
+  return str(root)
+
+
+@pytest.fixture(scope='module')
+def gin_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp('gin') / 'train.gin'
+  path.write_text(TRAIN_GIN)
+  return str(path)
+
+
+def run_in_process(gin_file, model_dir, *bindings):
+  gin_utils.parse([gin_file], list(bindings))
+  return train_lib.train(str(model_dir))
+
+
+def losses(model_dir, split='train'):
+  records = read_metrics(os.path.join(model_dir, 'metrics.jsonl'))
+  return np.array([r['loss'] for r in records if r['split'] == split])
+
+
+def test_a_run_writes_metrics_checkpoints_and_its_gin_config(data_dir, gin_file, tmp_path):
+  final = run_in_process(gin_file, tmp_path)
+  records = read_metrics(os.path.join(tmp_path, 'metrics.jsonl'))
+  train = [r for r in records if r['split'] == 'train']
+  assert [r['step'] for r in train] == list(range(1, 21))
+  for key in ('loss', 'text_loss', 'image_loss', 'learning_rate', 'grad_norm', 'tokens_per_s',
+              'mfu', 'step_time'):
+    assert np.isfinite(train[-1][key]), key
+  assert train[-1]['loss'] < train[0]['loss']
+  assert final['loss'] == losses(tmp_path, 'validation')[-1]
+  assert sorted(checkpoints.Checkpointer(str(tmp_path), 5).all_steps()) == [10, 15, 20]
+  assert 'train.train' in (tmp_path / 'config.gin').read_text()
+  assert 'DecoderConfig' in (tmp_path / 'operative_config.gin').read_text()
+  assert list((tmp_path / 'tensorboard' / 'train').iterdir())
+
+
+def test_sharded_run_gives_the_single_device_loss_curve(data_dir, gin_file, tmp_path):
+  run_in_process(gin_file, tmp_path / 'one', 'train.train.num_devices = 1',
+                 'partitioning.MeshConfig.fsdp = 1')
+  run_in_process(gin_file, tmp_path / 'eight', 'partitioning.MeshConfig.data = 2',
+                 'partitioning.MeshConfig.fsdp = 2', 'partitioning.MeshConfig.tensor = 2')
+  one, eight = losses(tmp_path / 'one'), losses(tmp_path / 'eight')
+  assert len(one) == 20
+  np.testing.assert_allclose(eight, one, rtol=1e-5)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(data_dir, gin_file, tmp_path):
+  run_in_process(gin_file, tmp_path)
+  for path, _, files in os.walk(tmp_path / 'checkpoints' / '20' / 'state'):
+    for name in files:
+      with open(os.path.join(path, name), 'wb') as f:
+        f.write(b'garbage')
+  gin_utils.parse([gin_file], ['train.train.train_steps = 21'])
+  train_lib.train(str(tmp_path))
+  steps = [r['step'] for r in read_metrics(os.path.join(tmp_path, 'metrics.jsonl'))
+           if r['split'] == 'train']
+  assert steps == list(range(1, 22))  # Steps 16-20 were trained again from checkpoint 15.
+
+
+def test_fine_tuning_starts_from_another_runs_parameters(data_dir, gin_file, tmp_path):
+  run_in_process(gin_file, tmp_path / 'base')
+  run_in_process(gin_file, tmp_path / 'tuned', 'train.train.train_steps = 2',
+                 f"train.train.initial_checkpoint_path = '{tmp_path / 'base'}'")
+  fresh_first = losses(tmp_path / 'base')[0]
+  base_last, tuned_first = losses(tmp_path / 'base')[-1], losses(tmp_path / 'tuned')[0]
+  assert abs(tuned_first - base_last) < 0.5 * abs(fresh_first - base_last)
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    data_dir, gin_file, tmp_path):
+  with pytest.raises(train_lib.NonFiniteLossError, match=r'Step (\d+): .*not finite') as error:
+    run_in_process(gin_file, tmp_path, 'optimizer.OptimizerConfig.peak_learning_rate = 1e30',
+                   'optimizer.OptimizerConfig.clip_norm = 0.0',
+                   'optimizer.OptimizerConfig.warmup_steps = 0')
+  failed_at = int(re.search(r'Step (\d+)', str(error.value)).group(1))
+  saved = checkpoints.Checkpointer(str(tmp_path), 5).all_steps()
+  assert all(step < failed_at for step in saved)
+  if saved:
+    assert all(np.isfinite(p).all() for p in _final_params(tmp_path, saved[-1]))
+
+
+def _command(gin_file, model_dir, *bindings):
+  return [sys.executable, '-m', 'cm3leon_jax.train', f'--gin_file={gin_file}',
+          f"--gin.MODEL_DIR='{model_dir}'"] + [f'--gin.{b}' for b in bindings]
+
+
+def _env(data_dir, devices=1):
+  return dict(os.environ, CM3LEON_DATA_DIR=data_dir, JAX_PLATFORMS='cpu',
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+
+
+def test_a_gin_typo_fails_before_any_work_with_the_file_name(data_dir, gin_file, tmp_path):
+  result = subprocess.run(_command(gin_file, tmp_path, 'train.train.bach_size = 3'), cwd=ROOT,
+                          env=_env(data_dir), capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert 'bach_size' in result.stderr
+  assert not (tmp_path / 'checkpoints').exists()
+
+
+def _final_params(model_dir, step=20):
+  state_dir = os.path.join(model_dir, 'checkpoints', str(step), 'state')
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return jax.tree.leaves(ocp.PyTreeCheckpointer().restore(state_dir)['params'])
+
+
+def _kill_at_step(command, env, model_dir, step):
+  """Start a run and SIGKILL it once its metrics show `step`."""
+  process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  metrics = os.path.join(model_dir, 'metrics.jsonl')
+  deadline = time.time() + 600
+  while time.time() < deadline and process.poll() is None:
+    if os.path.exists(metrics) and any(r['step'] >= step for r in read_metrics(metrics)):
+      break
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('kill_step', [7, 13])
+def test_kill_9_then_rerun_gives_the_uninterrupted_parameters_bit_for_bit(
+    data_dir, gin_file, tmp_path, kill_step):
+  env = _env(data_dir)
+  subprocess.run(_command(gin_file, tmp_path / 'whole'), cwd=ROOT, env=env, check=True,
+                 capture_output=True)
+  command = _command(gin_file, tmp_path / 'killed')
+  _kill_at_step(command, env, str(tmp_path / 'killed'), kill_step)
+  steps_before = [r['step'] for r in read_metrics(str(tmp_path / 'killed' / 'metrics.jsonl'))]
+  assert max(steps_before) < 20  # It really was interrupted.
+  subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
+  for whole, resumed in zip(_final_params(tmp_path / 'whole'),
+                            _final_params(tmp_path / 'killed')):
+    np.testing.assert_array_equal(whole, resumed)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_loss_curve(data_dir, gin_file, tmp_path):
+  port = _free_port()
+  processes = [subprocess.Popen(
+      _command(gin_file, tmp_path / 'two') + [f'--coordinator_address=localhost:{port}',
+                                              '--num_processes=2', f'--process_id={i}'],
+      cwd=ROOT, env=_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=900)[0] for p in processes]
+  assert all(p.returncode == 0 for p in processes), outputs[0][-3000:] + outputs[1][-3000:]
+  subprocess.run(_command(gin_file, tmp_path / 'one', 'train.train.data_shards = 2'), cwd=ROOT,
+                 env=_env(data_dir, devices=2), check=True, capture_output=True)
+  np.testing.assert_allclose(losses(tmp_path / 'two'), losses(tmp_path / 'one'), rtol=1e-5)
+  assert json.loads(outputs[0].strip().splitlines()[-1])['validation']['loss'] > 0

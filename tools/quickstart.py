@@ -1,0 +1,135 @@
+r"""The main job on the embedded default: synthetic data -> tokenizers -> store -> train -> report.
+
+  python tools/quickstart.py --workdir=/tmp/cm3leon_quickstart        (what `make demo` runs)
+
+Stages (each is skipped when its output already exists, so running again resumes):
+  1. a 128-piece BPE text vocabulary on synthetic captions       <workdir>/data/text.model
+  2. the tiny VQ-GAN image tokenizer (gin/vqgan/tiny.gin)         <workdir>/image_tokenizer/
+  3. Beam preprocessing of the train and validation pairs         <workdir>/data/synthetic/
+  4. training with gin/quickstart.gin (resumes from checkpoints)  <workdir>/model/
+  5. the report: validation loss against the unigram baseline, the loss curve as a PNG, and
+     <workdir>/report.json
+Retrieval (issue 5) and sampling (issue 7) join the chain when they land.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags, logging
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+
+_WORKDIR = flags.DEFINE_string('workdir', '/tmp/cm3leon_quickstart', 'Where everything goes.')
+_TRAIN_DOCUMENTS = flags.DEFINE_integer('train_documents', 6000, 'Synthetic training pairs.')
+_VALIDATION_DOCUMENTS = flags.DEFINE_integer('validation_documents', 500,
+                                             'Synthetic validation pairs.')
+_TOKENIZER_STEPS = flags.DEFINE_integer('tokenizer_steps', 600, 'Image tokenizer training steps.')
+_GIN_BINDINGS = flags.DEFINE_multi_string('gin_bindings', [],
+                                          'Extra bindings for the training run.')
+_BASELINE_BATCHES = flags.DEFINE_integer('baseline_batches', 100,
+                                         'Training batches counted for the unigram baseline.')
+
+
+def _run(args, env=None):
+  """Run a stage's command, streaming its output; fail with the command line if it fails."""
+  logging.info('Running: %s', ' '.join(args))
+  result = subprocess.run(args, cwd=ROOT, env=env, check=False)
+  if result.returncode:
+    raise RuntimeError(f'Stage failed (exit {result.returncode}): {" ".join(args)}')
+
+
+def text_vocabulary(workdir: str) -> str:
+  import train_text_tokenizer  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'data', 'text.model')
+  if not os.path.exists(path):
+    train_text_tokenizer.train(train_text_tokenizer.synthetic_captions(5000), path, 128)
+  return path
+
+
+def image_tokenizer(workdir: str) -> str:
+  output = os.path.join(workdir, 'image_tokenizer')
+  folder = os.path.join(output, 'tokenizer')
+  if not os.path.exists(os.path.join(folder, 'config.json')):
+    _run([sys.executable, 'tools/train_image_tokenizer.py', f'--output_dir={output}',
+          f'--steps={_TOKENIZER_STEPS.value}', '--eval_examples=200'])
+  return folder
+
+
+def store(workdir: str, text: str, image: str) -> str:
+  """The synthetic store under <workdir>/data/synthetic (train and validation splits)."""
+  from cm3leon_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.data.sources import SyntheticSource  # pylint: disable=g-import-not-at-top
+  store_dir = os.path.join(workdir, 'data', 'synthetic')
+  for split, count in (('train', _TRAIN_DOCUMENTS.value),
+                       ('validation', _VALIDATION_DOCUMENTS.value)):
+    split_dir = os.path.join(store_dir, split)
+    if not os.path.exists(os.path.join(split_dir, 'manifest.json')):
+      config = preprocess.PreprocessConfig(split_dir, text, image, num_shards=4, batch_size=64)
+      preprocess.run(SyntheticSource(count, split), config)
+  return store_dir
+
+
+def train(workdir: str) -> str:
+  model_dir = os.path.join(workdir, 'model')
+  env = dict(os.environ, CM3LEON_DATA_DIR=os.path.join(workdir, 'data'))
+  _run([sys.executable, '-m', 'cm3leon_jax.train', '--gin_file=quickstart.gin',
+        f"--gin.MODEL_DIR='{model_dir}'"] + [f'--gin.{b}' for b in _GIN_BINDINGS.value], env=env)
+  return model_dir
+
+
+def unigram_baseline(workdir: str) -> float:
+  """Validation loss of predicting every token from the training token frequencies."""
+  os.environ['CM3LEON_DATA_DIR'] = os.path.join(workdir, 'data')
+  import gin  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.evaluation import unigram  # pylint: disable=g-import-not-at-top
+  gin_utils.parse(['quickstart.gin'])
+  lengths, batch = gin.query_parameter('%TASK_FEATURE_LENGTHS'), 16
+  name = gin.query_parameter('%MIXTURE_OR_TASK_NAME')
+  vocab_size = input_pipeline.vocabulary(name).vocab_size
+  train_batches = input_pipeline.make_dataset(name, lengths, batch, seed=0).take(
+      _BASELINE_BATCHES.value).as_numpy_iterator()
+  counts = unigram.token_counts(train_batches, vocab_size)
+  validation = input_pipeline.make_dataset(name, lengths, batch, split='validation',
+                                           shuffle=False, num_epochs=1)
+  return unigram.unigram_loss(counts, validation.as_numpy_iterator())
+
+
+def report(workdir: str, model_dir: str, baseline: float, seconds: float) -> dict:
+  from cm3leon_jax.training_metrics import plot_loss_curve, read_metrics  # pylint: disable=g-import-not-at-top
+  records = read_metrics(os.path.join(model_dir, 'metrics.jsonl'))
+  validation = [r for r in records if r['split'] == 'validation']
+  curve = plot_loss_curve(records, os.path.join(workdir, 'loss_curve.png'), baseline=baseline,
+                          title='quickstart: tiny CM3Leon on synthetic data',
+                          baseline_label='unigram baseline')
+  summary = {'validation_loss': validation[-1]['loss'], 'validation_step': validation[-1]['step'],
+             'first_validation_loss': validation[0]['loss'], 'unigram_baseline': baseline,
+             'loss_curve': curve, 'model_dir': model_dir, 'wall_seconds': round(seconds, 1),
+             'validation_text_loss': validation[-1]['text_loss'],
+             'validation_image_loss': validation[-1]['image_loss']}
+  with open(os.path.join(workdir, 'report.json'), 'w', encoding='utf-8') as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+def main(argv):
+  del argv
+  start = time.perf_counter()
+  workdir = os.path.abspath(_WORKDIR.value)
+  text = text_vocabulary(workdir)
+  image = image_tokenizer(workdir)
+  store(workdir, text, image)
+  model_dir = train(workdir)
+  summary = report(workdir, model_dir, unigram_baseline(workdir), time.perf_counter() - start)
+  print(json.dumps(summary, indent=2))
+  print(f"Validation loss {summary['validation_loss']:.3f} vs unigram baseline "
+        f"{summary['unigram_baseline']:.3f}; curve: {summary['loss_curve']}")
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -121,7 +121,29 @@ def train(model_dir: str,
           data_shards: Optional[int] = None,
           num_devices: Optional[int] = None,
           async_checkpoints: bool = True) -> Dict[str, float]:
-  """Train until `train_steps` (resuming from MODEL_DIR); returns the last validation metrics."""
+  """Train until `train_steps` (resuming from MODEL_DIR); returns the last validation metrics.
+
+  Args:
+    model_dir: where checkpoints, metrics and the gin configs go (the MODEL_DIR macro).
+    model_config: the decoder (its vocab_size must cover the data's vocabulary).
+    mixture_or_task_name: a registered seqio task or mixture (see tasks/).
+    task_feature_lengths: {'targets': tokens per packed example}.
+    batch_size: global examples per step, split over processes and data shards.
+    train_steps: the step to stop at (the schedule decays to it).
+    optimizer_config: AdamW and schedule settings.
+    microbatches: gradient accumulation slices per step.
+    z_loss: z-loss coefficient.
+    mesh_config: the ('data', 'fsdp', 'tensor') mesh.
+    checkpoint_every, keep_checkpoints: save interval and how many to keep.
+    eval_every, eval_batches, eval_split: validation schedule (the same batches every time).
+    log_every: steps between metric writes (and NaN checks).
+    seed, data_seed: parameter initialisation and data order/masking.
+    initial_checkpoint_path: start from another run's parameters (not its optimizer state).
+    use_cached_tasks: read seqio's Beam cache (USE_CACHED_TASKS).
+    data_shards: seqio shards the data is read in (default: one per process).
+    num_devices: use only the first devices (tests; default all).
+    async_checkpoints: write checkpoints in the background.
+  """
   os.makedirs(model_dir, exist_ok=True)
   _write_gin_config(model_dir, 'config.gin', gin.config_str())
   mesh = partitioning.make_mesh(mesh_config, jax.devices()[:num_devices])

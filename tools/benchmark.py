@@ -11,6 +11,9 @@ Benchmarks (the positional NAME; add new ones to ``BENCHMARKS``):
   pipeline: packed seqio batches/s of the quickstart input pipeline against the batches/s the
     quickstart train step consumes, and Beam preprocessing images/s with 1 and 2 workers (see
     tools/benchmark_pipeline.py).
+  retrieval: ScaNN (tree + asymmetric hashing + reorder) against exact numpy search over 1M x 512
+    clustered, L2-normalised embeddings: queries/s of both and ScaNN's recall@10 (see
+    tools/benchmark_retrieval.py).
   vqgan: images/s of our jitted float32 VQ-GAN encoding images to codes and decoding codes to
     images, against the taming-transformers PyTorch modules (the oracle of tests/test_vqgan.py) with
     the same weights, config (--vqgan_gin), batch (--vqgan_batch) and threads. torch's OpenMP
@@ -50,6 +53,7 @@ from cm3leon_jax.models.decoder import Decoder, init_params  # pylint: disable=g
 from cm3leon_jax.models.vqgan import VQGAN  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.models.vqgan_config import VQGANConfig  # pylint: disable=g-import-not-at-top
 import benchmark_pipeline  # pylint: disable=g-import-not-at-top  (tools/ is the script's folder)
+import benchmark_retrieval  # pylint: disable=g-import-not-at-top
 
 # XLA:CPU flags tuned on jaxlib 0.10 (2-core AMD EPYC, float32), measured by `decoder` against the
 # same-run torch peer:
@@ -401,6 +405,7 @@ BENCHMARKS = {
     'decoder': decoder_benchmark,
     'vqgan': vqgan_benchmark,
     'pipeline': benchmark_pipeline.pipeline_benchmark,
+    'retrieval': benchmark_retrieval.retrieval_benchmark,
 }
 
 

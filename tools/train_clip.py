@@ -39,27 +39,34 @@ from cm3leon_jax.interop.checkpoint_files import write_checkpoint
 from cm3leon_jax.models.clip import CLIP
 from cm3leon_jax.models.clip_config import CLIPConfig
 
-_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where the model and metrics go.')
-_STEPS = flags.DEFINE_integer('steps', 800, 'Training steps.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 128, 'Image-caption pairs per step (negatives).')
-_LEARNING_RATE = flags.DEFINE_float('learning_rate', 2e-3, 'Peak AdamW learning rate.')
-_WEIGHT_DECAY = flags.DEFINE_float('weight_decay', 0.05, 'AdamW decay of weight matrices.')
-_WARMUP_STEPS = flags.DEFINE_integer('warmup_steps', 100, 'Linear warm-up steps.')
-_CAPTIONS_FILE = flags.DEFINE_string('captions_file', None,
-                                     'Lines "image_path<TAB>caption"; default: synthetic pairs.')
-_POOL_SIZE = flags.DEFINE_integer('pool_size', 20000,
-                                  'Synthetic training pairs generated up front and sampled from.')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 32, 'Image side in pixels.')
-_PATCH_SIZE = flags.DEFINE_integer('patch_size', 4, 'ViT patch side.')
-_WIDTH = flags.DEFINE_integer('width', 64, 'Hidden width of both towers.')
-_LAYERS = flags.DEFINE_integer('layers', 2, 'Transformer layers of each tower.')
-_PROJECTION_DIM = flags.DEFINE_integer('projection_dim', 64, 'Shared embedding width.')
-_MAX_LENGTH = flags.DEFINE_integer('max_length', 32, 'Text tokens, including begin and end.')
-_LOG_EVERY = flags.DEFINE_integer('log_every', 100, 'Steps between progress logs.')
-_EVAL_EXAMPLES = flags.DEFINE_integer('eval_examples', 1000, 'Held-out synthetic examples.')
-_EVAL_START = flags.DEFINE_integer('eval_start', 1_000_000,
-                                   'First held-out synthetic index (beyond the training range).')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the initialisation and batch sampling.')
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Define the command line's flags: only when the tool runs, since tests import it beside other
+  tools whose flags share names such as --output_dir."""
+  flags.DEFINE_string('output_dir', None, 'Where the model and metrics go.')
+  flags.DEFINE_integer('steps', 800, 'Training steps.')
+  flags.DEFINE_integer('batch_size', 128, 'Image-caption pairs per step (negatives).')
+  flags.DEFINE_float('learning_rate', 2e-3, 'Peak AdamW learning rate.')
+  flags.DEFINE_float('weight_decay', 0.05, 'AdamW decay of weight matrices.')
+  flags.DEFINE_integer('warmup_steps', 100, 'Linear warm-up steps.')
+  flags.DEFINE_string('captions_file', None,
+                      'Lines "image_path<TAB>caption"; default: synthetic pairs.')
+  flags.DEFINE_integer('pool_size', 20000,
+                       'Synthetic training pairs generated up front and sampled from.')
+  flags.DEFINE_integer('image_size', 32, 'Image side in pixels.')
+  flags.DEFINE_integer('patch_size', 4, 'ViT patch side.')
+  flags.DEFINE_integer('width', 64, 'Hidden width of both towers.')
+  flags.DEFINE_integer('layers', 2, 'Transformer layers of each tower.')
+  flags.DEFINE_integer('projection_dim', 64, 'Shared embedding width.')
+  flags.DEFINE_integer('max_length', 32, 'Text tokens, including begin and end.')
+  flags.DEFINE_integer('log_every', 100, 'Steps between progress logs.')
+  flags.DEFINE_integer('eval_examples', 1000, 'Held-out synthetic examples.')
+  flags.DEFINE_integer('eval_start', 1_000_000,
+                       'First held-out synthetic index (beyond the training range).')
+  flags.DEFINE_integer('seed', 0, 'Seed of the initialisation and batch sampling.')
+
 
 # The vocabulary's special tokens, in id order. The end token doubles as padding, as in OpenAI's
 # CLIP (ClipTextTokenizer's default pad), and the text tower pools its first occurrence.
@@ -361,18 +368,19 @@ def train(output_dir: str, *, steps: int, batch_size: int, learning_rate: float,
 
 def main(argv):
   del argv
-  if not _OUTPUT_DIR.value:
+  if not FLAGS.output_dir:
     raise app.UsageError('--output_dir is required.')
   metrics = train(
-      _OUTPUT_DIR.value, steps=_STEPS.value, batch_size=_BATCH_SIZE.value,
-      learning_rate=_LEARNING_RATE.value, weight_decay=_WEIGHT_DECAY.value,
-      warmup_steps=_WARMUP_STEPS.value, captions_file=_CAPTIONS_FILE.value,
-      pool_size=_POOL_SIZE.value, image_size=_IMAGE_SIZE.value, patch_size=_PATCH_SIZE.value,
-      width=_WIDTH.value, layers=_LAYERS.value, projection_dim=_PROJECTION_DIM.value,
-      max_length=_MAX_LENGTH.value, log_every=_LOG_EVERY.value,
-      eval_examples=_EVAL_EXAMPLES.value, eval_start=_EVAL_START.value, seed=_SEED.value)
+      FLAGS.output_dir, steps=FLAGS.steps, batch_size=FLAGS.batch_size,
+      learning_rate=FLAGS.learning_rate, weight_decay=FLAGS.weight_decay,
+      warmup_steps=_WARMUPFLAGS.steps, captions_file=FLAGS.captions_file,
+      pool_size=FLAGS.pool_size, image_size=FLAGS.image_size, patch_size=FLAGS.patch_size,
+      width=FLAGS.width, layers=FLAGS.layers, projection_dim=FLAGS.projection_dim,
+      max_length=FLAGS.max_length, log_every=FLAGS.log_every,
+      eval_examples=FLAGS.eval_examples, eval_start=FLAGS.eval_start, seed=FLAGS.seed)
   print(json.dumps(metrics, indent=2))
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

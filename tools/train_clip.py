@@ -373,7 +373,7 @@ def main(argv):
   metrics = train(
       FLAGS.output_dir, steps=FLAGS.steps, batch_size=FLAGS.batch_size,
       learning_rate=FLAGS.learning_rate, weight_decay=FLAGS.weight_decay,
-      warmup_steps=_WARMUPFLAGS.steps, captions_file=FLAGS.captions_file,
+      warmup_steps=FLAGS.warmup_steps, captions_file=FLAGS.captions_file,
       pool_size=FLAGS.pool_size, image_size=FLAGS.image_size, patch_size=FLAGS.patch_size,
       width=FLAGS.width, layers=FLAGS.layers, projection_dim=FLAGS.projection_dim,
       max_length=FLAGS.max_length, log_every=FLAGS.log_every,

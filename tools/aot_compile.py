@@ -136,8 +136,7 @@ def _macro(name: str, default: Any = None) -> Any:
     value = gin.query_parameter(f'%{name}')
   except ValueError:
     return default
-  # gin_utils.macro_value only handles references (@Configurable()); run files bind plain values
-  # too.
+  # Unlike gin_utils.macro_value this does not parse again and has a default.
   return value.scoped_configurable_fn() if hasattr(value, 'scoped_configurable_fn') else value
 
 

@@ -67,17 +67,12 @@ def _write_gin_config(model_dir: str, name: str, text: str) -> None:
       f.write(text)
 
 
-def _abstract_with_shardings(abstract, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
-
-
 def _initial_state(model, optimizer, mesh, seed, initial_checkpoint_path, abstract, shardings):
   """A new state; with INITIAL_CHECKPOINT_PATH its parameters come from that run (fine-tuning)."""
   state, _ = state_lib.init_train_state(model, optimizer, mesh, seed)
   if initial_checkpoint_path:
     params = checkpoints.load_params(
-        initial_checkpoint_path, _abstract_with_shardings(abstract.params, shardings.params))
+        initial_checkpoint_path, state_lib.with_shardings(abstract.params, shardings.params))
     state = state.replace(params=params, opt_state=jax.jit(
         optimizer.init, out_shardings=shardings.opt_state)(params))
     logging.info('Parameters loaded from %s.', initial_checkpoint_path)
@@ -170,7 +165,7 @@ def train(model_dir: str,
   abstract, shardings = state_lib.abstract_train_state(model, optimizer, mesh)
   checkpointer = checkpoints.Checkpointer(model_dir, checkpoint_every, keep_checkpoints,
                                           async_checkpoints)
-  state, start = checkpointer.restore_latest(_abstract_with_shardings(abstract, shardings),
+  state, start = checkpointer.restore_latest(state_lib.with_shardings(abstract, shardings),
                                              train_iterator)
   if state is None:
     state, start = _initial_state(model, optimizer, mesh, seed, initial_checkpoint_path,

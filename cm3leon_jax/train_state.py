@@ -151,6 +151,12 @@ def abstract_train_state(model: Decoder, optimizer: optax.GradientTransformation
   return state, shardings
 
 
+def with_shardings(abstract, shardings):
+  """Shape-only leaves carrying their shardings (what orbax restores into and jit lowers)."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
 def _replicated(mesh):
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 

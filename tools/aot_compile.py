@@ -194,11 +194,6 @@ def matmul_flops(jaxpr) -> float:
   return total
 
 
-def _with_shardings(abstract, shardings):
-  return jax.tree.map(lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h), abstract,
-                      shardings)
-
-
 def compile_step(model: Decoder, optimizer_config: optimizer_lib.OptimizerConfig,
                  settings: Settings, devices):
   """(compiled step, jaxpr matmul FLOPs, mesh shape) of the train step on `devices`."""
@@ -206,7 +201,7 @@ def compile_step(model: Decoder, optimizer_config: optimizer_lib.OptimizerConfig
   schedule = optimizer_lib.learning_rate_schedule(optimizer_config, settings.train_steps)
   mesh = partitioning.make_mesh(settings.mesh, devices)
   abstract, shardings = train_state.abstract_train_state(model, optimizer, mesh)
-  state = _with_shardings(abstract, shardings)
+  state = train_state.with_shardings(abstract, shardings)
   batch_spec = jax.ShapeDtypeStruct((settings.batch_size, settings.seq_len), jnp.int32,
                                     sharding=train_state.batch_sharding(mesh))
   batch = {k: batch_spec for k in train_state.BATCH_FEATURES}

@@ -4,7 +4,10 @@ The standard stores live under ``$CM3LEON_DATA_DIR`` (default ``~/.cache/cm3leon
 
   cm3leon_synthetic        <data dir>/synthetic        (tools/preprocess.py --source=synthetic)
   cm3leon_coco_captions    <data dir>/coco_captions    (tools/preprocess.py --source=coco_captions)
-  cm3leon_pretrain         the mixture of those present, by size
+  <name>_retrieved         <data dir>/<folder>_retrieved: the same store with retrieved
+                           neighbours (tools/build_index.py, then tools/retrieve.py)
+  cm3leon_pretrain         the mixture of those present, by size (a store's retrieved version
+                           in place of the plain one when both exist)
 
 A standard task is registered only once its store exists (a store fixes the vocabulary, which a
 seqio Task needs up front). Any other store: ``tasks.register_store_task(name, path)``, from Python
@@ -20,22 +23,33 @@ from tasks.stores import register_store_mixture, register_store_task
 
 DATA_DIR = os.path.expanduser(os.environ.get('CM3LEON_DATA_DIR', '~/.cache/cm3leon_jax/data'))
 STANDARD_STORES = {'cm3leon_synthetic': 'synthetic', 'cm3leon_coco_captions': 'coco_captions'}
+RETRIEVED = '_retrieved'
 
 
 def register_standard_tasks(data_dir: str = DATA_DIR):
   """Register the standard tasks whose stores exist under `data_dir`, and their mixture."""
-  registered = []
+  registered, mixed = [], []
   for name, folder in STANDARD_STORES.items():
-    store_dir = os.path.join(data_dir, folder)
-    if os.path.isfile(os.path.join(store_dir, 'train', 'manifest.json')):
-      register_store_task(name, store_dir)
-      registered.append(name)
-    else:
-      logging.debug('Not registering %s: no store at %s.', name, store_dir)
-  if registered:
-    register_store_mixture('cm3leon_pretrain', registered,
-                           default_rate=seqio.mixing_rate_num_examples)
+    present = [variant for variant in (name, name + RETRIEVED)
+               if _register_if_present(variant, os.path.join(data_dir, folder + _suffix(variant)))]
+    registered += present
+    if present:
+      mixed.append(present[-1])
+  if mixed:
+    register_store_mixture('cm3leon_pretrain', mixed, default_rate=seqio.mixing_rate_num_examples)
   return registered
+
+
+def _suffix(name: str) -> str:
+  return RETRIEVED if name.endswith(RETRIEVED) else ''
+
+
+def _register_if_present(name: str, store_dir: str) -> bool:
+  if os.path.isfile(os.path.join(store_dir, 'train', 'manifest.json')):
+    register_store_task(name, store_dir)
+    return True
+  logging.debug('Not registering %s: no store at %s.', name, store_dir)
+  return False
 
 
 register_standard_tasks()

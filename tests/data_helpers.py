@@ -1,17 +1,28 @@
-"""Tiny tokenizers and stores that the data tests build for themselves."""
+"""Tiny tokenizers and stores that the data tests build for themselves, and readers of the
+seqio batches made from them."""
 
+import collections
 import os
+import subprocess
 import sys
 
 import jax
 import numpy as np
+import seqio
 
+from cm3leon_jax import objective
 from cm3leon_jax.data import preprocess
+from cm3leon_jax.data.assembly import AssemblyConfig, TokenLayout
+from cm3leon_jax.data.seqio_ops import CM3FeatureConverter
+from cm3leon_jax.data.store import DocumentStore
 from cm3leon_jax.image_tokenizer import ImageTokenizer
 from cm3leon_jax.models.vqgan import VQGAN
 from cm3leon_jax.models.vqgan_config import VQGANConfig
+from cm3leon_jax.vocab import Image, Text
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'tools'))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LENGTH = 128  # Task feature length of the test batches.
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
 import train_text_tokenizer  # noqa: E402  (tools/ is not a package)
 
 # A random-weight VQ-GAN: 32 px -> 4x4 codes of 64. Its codes are arbitrary but deterministic,
@@ -39,3 +50,51 @@ def preprocess_config(directory, text_vocabulary, image_tokenizer, **overrides):
                   image_tokenizer=image_tokenizer, num_shards=2, batch_size=8, num_read_ranges=4)
   settings.update(overrides)
   return preprocess.PreprocessConfig(**settings)
+
+
+def batches(task_name, split='train', seed=7, shuffle=False, num_epochs=1, use_cached=False):
+  """All packed batches of one epoch, as numpy."""
+  task = seqio.get_mixture_or_task(task_name)
+  dataset = task.get_dataset({'targets': LENGTH}, split=split, shuffle=shuffle, seed=seed,
+                             num_epochs=num_epochs, use_cached=use_cached)
+  converted = CM3FeatureConverter(pack=True)(dataset, {'targets': LENGTH})
+  return list(converted.batch(4).as_numpy_iterator())
+
+
+def examples_of(batch_list):
+  """(targets, loss weights) of every packed example, in order."""
+  for batch in batch_list:
+    for row in range(len(batch['decoder_target_tokens'])):
+      segments = batch['decoder_segment_ids'][row]
+      for segment in np.unique(segments[segments > 0]):
+        where = segments == segment
+        yield batch['decoder_target_tokens'][row][where], batch['decoder_loss_weights'][row][where]
+
+
+def decoded_documents(batch_list, vocab, config=AssemblyConfig()):
+  """Every example's documents, un-rearranged and decoded: lists of (text, image codes)."""
+  layout = TokenLayout.from_vocabulary(vocab)
+  for targets, _ in examples_of(batch_list):
+    assert targets[-1] == vocab.eos_id
+    restored = objective.restore(targets[:-1], layout.cm3, config.cm3)
+    documents = []
+    for ids in np.split(restored, np.flatnonzero(restored == vocab.eos_id)):
+      segments = vocab.decode_document([i for i in ids.tolist() if i != vocab.eos_id])
+      documents.append((''.join(s.text for s in segments if isinstance(s, Text)),
+                        tuple(c for s in segments if isinstance(s, Image) for c in s.codes)))
+    yield documents
+
+
+def stored(store_dir, split='train'):
+  """The store's documents as (decoded text ids, image codes); text the vocabulary lacks is unk."""
+  store = DocumentStore(os.path.join(store_dir, split))
+  vocab = store.vocabulary()
+  return collections.Counter((vocab.decode(d.text_ids.tolist()), tuple(d.image_codes.tolist()))
+                             for d in store.documents())
+
+
+def run_tool(args, env=None):
+  result = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result

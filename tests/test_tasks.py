@@ -3,8 +3,6 @@
 import collections
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,17 +10,12 @@ import seqio
 import tensorflow_datasets as tfds
 
 import data_helpers
-from cm3leon_jax import objective
+from data_helpers import LENGTH, ROOT, batches, decoded_documents, examples_of, run_tool, stored
 from cm3leon_jax.data import preprocess
-from cm3leon_jax.data.assembly import AssemblyConfig, TokenLayout
-from cm3leon_jax.data.seqio_ops import CM3FeatureConverter
 from cm3leon_jax.data.sources import CocoCaptionsSource, SyntheticSource
 from cm3leon_jax.data.store import DocumentStore, write_shard
-from cm3leon_jax.vocab import Image, Text
 import tasks
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LENGTH = 128
 
 
 @pytest.fixture(scope='module')
@@ -40,47 +33,6 @@ def synthetic_store(tmp_path_factory, tokenizers):
     config = data_helpers.preprocess_config(store_dir / split, *tokenizers)
     preprocess.run(SyntheticSource(count, split), config)
   return str(store_dir)
-
-
-def batches(task_name, split='train', seed=7, shuffle=False, num_epochs=1, use_cached=False):
-  """All packed batches of one epoch, as numpy."""
-  task = seqio.get_mixture_or_task(task_name)
-  dataset = task.get_dataset({'targets': LENGTH}, split=split, shuffle=shuffle, seed=seed,
-                             num_epochs=num_epochs, use_cached=use_cached)
-  converted = CM3FeatureConverter(pack=True)(dataset, {'targets': LENGTH})
-  return list(converted.batch(4).as_numpy_iterator())
-
-
-def examples_of(batch_list):
-  """(targets, loss weights) of every packed example, in order."""
-  for batch in batch_list:
-    for row in range(len(batch['decoder_target_tokens'])):
-      segments = batch['decoder_segment_ids'][row]
-      for segment in np.unique(segments[segments > 0]):
-        where = segments == segment
-        yield batch['decoder_target_tokens'][row][where], batch['decoder_loss_weights'][row][where]
-
-
-def decoded_documents(batch_list, vocab, config=AssemblyConfig()):
-  """Every example's documents, un-rearranged and decoded: lists of (text, image codes)."""
-  layout = TokenLayout.from_vocabulary(vocab)
-  for targets, _ in examples_of(batch_list):
-    assert targets[-1] == vocab.eos_id
-    restored = objective.restore(targets[:-1], layout.cm3, config.cm3)
-    documents = []
-    for ids in np.split(restored, np.flatnonzero(restored == vocab.eos_id)):
-      segments = vocab.decode_document([i for i in ids.tolist() if i != vocab.eos_id])
-      documents.append((''.join(s.text for s in segments if isinstance(s, Text)),
-                        tuple(c for s in segments if isinstance(s, Image) for c in s.codes)))
-    yield documents
-
-
-def stored(store_dir, split='train'):
-  """The store's documents as (decoded text ids, image codes); text the vocabulary lacks is unk."""
-  store = DocumentStore(os.path.join(store_dir, split))
-  vocab = store.vocabulary()
-  return collections.Counter((vocab.decode(d.text_ids.tolist()), tuple(d.image_codes.tolist()))
-                             for d in store.documents())
 
 
 def test_batches_decode_back_to_every_stored_document(synthetic_store):
@@ -156,19 +108,12 @@ def test_coco_mock_data_through_preprocessing_and_the_task(tmp_path, tokenizers)
   assert sum(got.values()) > 6 and got == stored(str(store_dir))
 
 
-def _run_tool(args, env=None):
-  result = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
-                          env=env, timeout=900)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result
-
-
 @pytest.mark.slow
 def test_preprocess_tool_on_2000_pairs_same_store_with_two_workers(tmp_path, tokenizers):
   common = ['tools/preprocess.py', '--source=synthetic', '--num_examples=2000',
             f'--text_vocabulary={tokenizers[0]}', f'--image_tokenizer={tokenizers[1]}']
-  _run_tool(common + [f'--output_dir={tmp_path / "one"}'])
-  _run_tool(common + [f'--output_dir={tmp_path / "two"}', '--direct_num_workers=2',
+  run_tool(common + [f'--output_dir={tmp_path / "one"}'])
+  run_tool(common + [f'--output_dir={tmp_path / "two"}', '--direct_num_workers=2',
                       '--direct_running_mode=multi_processing'])
   one, two = tmp_path / 'one' / 'train', tmp_path / 'two' / 'train'
   assert sorted(os.listdir(one)) == sorted(os.listdir(two))
@@ -189,7 +134,7 @@ def test_seqio_beam_cache_gives_the_same_batches(synthetic_store, tmp_path):
   data_dir = os.path.dirname(synthetic_store)
   env = dict(os.environ, CM3LEON_DATA_DIR=data_dir, PYTHONPATH=ROOT)
   cache_dir = tmp_path / 'cache'
-  _run_tool(['-m', 'seqio.scripts.cache_tasks_main', '--module_import=tasks',
+  run_tool(['-m', 'seqio.scripts.cache_tasks_main', '--module_import=tasks',
              '--tasks=cm3leon_synthetic', f'--output_cache_dir={cache_dir}',
              '--pipeline_options=--runner=FnApiRunner'], env=env)
   tasks.register_standard_tasks(data_dir)

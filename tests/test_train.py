@@ -244,13 +244,14 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, gin_file, tmp_pa
 def test_quickstart_main_job_end_to_end_on_tiny_settings(tmp_path):
   result = subprocess.run(
       [sys.executable, 'tools/quickstart.py', f'--workdir={tmp_path}', '--train_documents=300',
-       '--validation_documents=200', '--tokenizer_steps=10', '--baseline_batches=10',
-       '--gin_bindings=TRAIN_STEPS=30', '--gin_bindings=train.train.log_every=10'],
+       '--validation_documents=200', '--tokenizer_steps=10', '--clip_steps=10',
+       '--baseline_batches=10',       '--gin_bindings=TRAIN_STEPS=30', '--gin_bindings=train.train.log_every=10'],
       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
       timeout=1200)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads((tmp_path / 'report.json').read_text())
   assert report['validation_step'] == 30
+  assert sum(report['documents_by_neighbour_count']['train'].values()) == 300
   # 30 steps on a 10-step tokenizer's codes: better than uniform guessing over the 1,536 ids (the
   # full quickstart's comparison with the unigram baseline is in the README).
   assert report['validation_loss'] < np.log(1536)

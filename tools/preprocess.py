@@ -8,6 +8,9 @@ r"""Preprocess image-caption pairs into a document store with Apache Beam.
   python tools/preprocess.py --source=coco_captions --split=validation --tfds_data_dir=~/tfds \
       --output_dir=/tmp/coco ... --direct_num_workers=2 --direct_running_mode=multi_processing
 
+  # With CLIP image embeddings for the retrieval stage (tools/build_index.py, tools/retrieve.py):
+  python tools/preprocess.py ... --clip=/tmp/clip
+
   # Your own data: a JSONL manifest of {"image": "relative/path.jpg", "text": "..."} lines:
   python tools/preprocess.py --source=jsonl --manifest=data/pairs.jsonl --output_dir=...
 
@@ -50,6 +53,9 @@ _CAPTIONS_PER_IMAGE = flags.DEFINE_integer('captions_per_image', 0,
 _MAX_TEXT_TOKENS = flags.DEFINE_integer('max_text_tokens', 512, 'Longer captions are skipped.')
 _MIN_IMAGE_SIDE = flags.DEFINE_integer('min_image_side', 2, 'Smaller images are skipped.')
 _NUM_SENTINELS = flags.DEFINE_integer('num_sentinels', 256, 'CM3 sentinels in the vocabulary.')
+_CLIP = flags.DEFINE_string('clip', None,
+                            'CLIP checkpoint folder (e.g. from tools/train_clip.py): also store each '
+                            'image\'s CLIP embedding, which tools/build_index.py needs.')
 
 
 def make_source():
@@ -69,7 +75,7 @@ def main(argv):
       text_vocabulary=_TEXT_VOCABULARY.value, image_tokenizer=_IMAGE_TOKENIZER.value,
       num_shards=_NUM_SHARDS.value, batch_size=_BATCH_SIZE.value,
       captions_per_image=_CAPTIONS_PER_IMAGE.value, max_text_tokens=_MAX_TEXT_TOKENS.value,
-      min_image_side=_MIN_IMAGE_SIDE.value, num_sentinels=_NUM_SENTINELS.value)
+      min_image_side=_MIN_IMAGE_SIDE.value, num_sentinels=_NUM_SENTINELS.value, clip=_CLIP.value)
   options = PipelineOptions(argv[1:])
   path = preprocess.run(make_source(), config, options)
   with open(path, encoding='utf-8') as f:

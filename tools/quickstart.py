@@ -1,15 +1,18 @@
-r"""The main job on the embedded default: synthetic data -> tokenizers -> store -> train -> report.
+r"""The main job on the embedded default: synthetic data -> tokenizers and a CLIP -> store ->
+retrieval -> train -> report.
 
   python tools/quickstart.py --workdir=/tmp/cm3leon_quickstart        (what `make demo` runs)
 
 Stages (each is skipped when its output already exists, so running again resumes):
   1. a 128-piece BPE text vocabulary on synthetic captions       <workdir>/data/text.model
   2. the tiny VQ-GAN image tokenizer (gin/vqgan/tiny.gin)         <workdir>/image_tokenizer/
-  3. Beam preprocessing of the train and validation pairs         <workdir>/data/synthetic/
-  4. training with gin/quickstart.gin (resumes from checkpoints)  <workdir>/model/
-  5. the report: validation loss against the unigram baseline, the loss curve as a PNG, and
+  3. a small CLIP, the frozen retriever (tools/train_clip.py)     <workdir>/clip/
+  4. Beam preprocessing of the train and validation pairs         <workdir>/data/synthetic/
+  5. Beam retrieval: the train split's index, then two            <workdir>/data/synthetic/train/index
+     neighbours for every train and validation document          <workdir>/data/synthetic_retrieved/
+  6. training with gin/quickstart.gin (resumes from checkpoints)  <workdir>/model/
+  7. the report: validation loss against the unigram baseline, the loss curve as a PNG, and
      <workdir>/report.json
-Retrieval (issue 5) and sampling (issue 7) join the chain when they land.
 """
 
 import json
@@ -28,6 +31,10 @@ _TRAIN_DOCUMENTS = flags.DEFINE_integer('train_documents', 6000, 'Synthetic trai
 _VALIDATION_DOCUMENTS = flags.DEFINE_integer('validation_documents', 500,
                                              'Synthetic validation pairs.')
 _TOKENIZER_STEPS = flags.DEFINE_integer('tokenizer_steps', 600, 'Image tokenizer training steps.')
+_CLIP_STEPS = flags.DEFINE_integer('clip_steps', 300, 'CLIP training steps.')
+_SEARCH_CANDIDATES = flags.DEFINE_integer(
+    'search_candidates', 128, 'Candidates searched per document: synthetic documents are alike, '
+    'so many score above the 0.9 near-copy threshold.')
 _GIN_BINDINGS = flags.DEFINE_multi_string('gin_bindings', [],
                                           'Extra bindings for the training run.')
 _BASELINE_BATCHES = flags.DEFINE_integer('baseline_batches', 100,
@@ -59,7 +66,16 @@ def image_tokenizer(workdir: str) -> str:
   return folder
 
 
-def store(workdir: str, text: str, image: str) -> str:
+def clip(workdir: str) -> str:
+  output = os.path.join(workdir, 'clip')
+  if not os.path.exists(os.path.join(output, 'metrics.json')):
+    _run([sys.executable, 'tools/train_clip.py', f'--output_dir={output}',
+          f'--steps={_CLIP_STEPS.value}', f'--pool_size={_TRAIN_DOCUMENTS.value}',
+          '--eval_examples=500'])
+  return output
+
+
+def store(workdir: str, text: str, image: str, clip_dir: str) -> str:
   """The synthetic store under <workdir>/data/synthetic (train and validation splits)."""
   from cm3leon_jax.data import preprocess  # pylint: disable=g-import-not-at-top
   from cm3leon_jax.data.sources import SyntheticSource  # pylint: disable=g-import-not-at-top
@@ -68,9 +84,25 @@ def store(workdir: str, text: str, image: str) -> str:
                        ('validation', _VALIDATION_DOCUMENTS.value)):
     split_dir = os.path.join(store_dir, split)
     if not os.path.exists(os.path.join(split_dir, 'manifest.json')):
-      config = preprocess.PreprocessConfig(split_dir, text, image, num_shards=4, batch_size=64)
+      config = preprocess.PreprocessConfig(split_dir, text, image, num_shards=4, batch_size=64,
+                                           clip=clip_dir)
       preprocess.run(SyntheticSource(count, split), config)
   return store_dir
+
+
+def retrieval(store_dir: str, clip_dir: str) -> str:
+  """The train split's index, and both splits with neighbours in <store_dir>_retrieved."""
+  from cm3leon_jax.retrieval import pipeline  # pylint: disable=g-import-not-at-top
+  index_dir = os.path.join(store_dir, 'train', 'index')
+  if not os.path.exists(os.path.join(index_dir, 'retrieval_index.json')):
+    pipeline.run_build(pipeline.BuildConfig(os.path.join(store_dir, 'train'), clip_dir))
+  for split in ('train', 'validation'):
+    output = os.path.join(store_dir + '_retrieved', split)
+    if not os.path.exists(os.path.join(output, 'manifest.json')):
+      pipeline.run_retrieve(pipeline.RetrieveConfig(
+          os.path.join(store_dir, split), index_dir, output,
+          search_candidates=_SEARCH_CANDIDATES.value))
+  return store_dir + '_retrieved'
 
 
 def train(workdir: str) -> str:
@@ -100,18 +132,23 @@ def unigram_baseline(workdir: str) -> float:
   return unigram.unigram_loss(counts, validation.as_numpy_iterator())
 
 
-def report(workdir: str, model_dir: str, baseline: float, seconds: float) -> dict:
-  from cm3leon_jax.training_metrics import plot_loss_curve, read_metrics  # pylint: disable=g-import-not-at-top
-  records = read_metrics(os.path.join(model_dir, 'metrics.jsonl'))
+def report(workdir: str, model_dir: str, baseline: float, seconds: float,
+           retrieved_dir: str) -> dict:
+  from cm3leon_jax.data.store import DocumentStore  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax import training_metrics  # pylint: disable=g-import-not-at-top
+  records = training_metrics.read_metrics(os.path.join(model_dir, 'metrics.jsonl'))
   validation = [r for r in records if r['split'] == 'validation']
-  curve = plot_loss_curve(records, os.path.join(workdir, 'loss_curve.png'), baseline=baseline,
-                          title='quickstart: tiny CM3Leon on synthetic data',
-                          baseline_label='unigram baseline')
+  curve = training_metrics.plot_loss_curve(
+      records, os.path.join(workdir, 'loss_curve.png'), baseline=baseline,
+      title='quickstart: tiny CM3Leon on synthetic data', baseline_label='unigram baseline')
   summary = {'validation_loss': validation[-1]['loss'], 'validation_step': validation[-1]['step'],
              'first_validation_loss': validation[0]['loss'], 'unigram_baseline': baseline,
              'loss_curve': curve, 'model_dir': model_dir, 'wall_seconds': round(seconds, 1),
              'validation_text_loss': validation[-1]['text_loss'],
-             'validation_image_loss': validation[-1]['image_loss']}
+             'validation_image_loss': validation[-1]['image_loss'],
+             'documents_by_neighbour_count': {
+                 split: DocumentStore(os.path.join(retrieved_dir, split)).manifest['retrieval'][
+                     'documents_by_neighbour_count'] for split in ('train', 'validation')}}
   with open(os.path.join(workdir, 'report.json'), 'w', encoding='utf-8') as f:
     json.dump(summary, f, indent=2)
   return summary
@@ -123,9 +160,11 @@ def main(argv):
   workdir = os.path.abspath(_WORKDIR.value)
   text = text_vocabulary(workdir)
   image = image_tokenizer(workdir)
-  store(workdir, text, image)
+  clip_dir = clip(workdir)
+  retrieved_dir = retrieval(store(workdir, text, image, clip_dir), clip_dir)
   model_dir = train(workdir)
-  summary = report(workdir, model_dir, unigram_baseline(workdir), time.perf_counter() - start)
+  summary = report(workdir, model_dir, unigram_baseline(workdir), time.perf_counter() - start,
+                   retrieved_dir)
   print(json.dumps(summary, indent=2))
   print(f"Validation loss {summary['validation_loss']:.3f} vs unigram baseline "
         f"{summary['unigram_baseline']:.3f}; curve: {summary['loss_curve']}")

@@ -38,6 +38,7 @@ from cm3leon_jax.interop import hf_clip
 from cm3leon_jax.interop.checkpoint_files import write_checkpoint
 from cm3leon_jax.models.clip import CLIP
 from cm3leon_jax.models.clip_config import CLIPConfig
+from cm3leon_jax.retrieval.encoder import DocumentEncoder
 
 FLAGS = flags.FLAGS
 
@@ -258,20 +259,9 @@ def main_object(objects: Sequence[SyntheticObject]) -> SyntheticObject:
 
 def embed(directory: str, images: np.ndarray, captions: Sequence[str],
           batch_size: int = 250) -> Tuple[np.ndarray, np.ndarray]:
-  """L2-normalised (image, text) embeddings by a saved model, loaded as a retriever would."""
-  config, params = hf_clip.load_clip(directory)
-  tokenizer = hf_clip.ClipTextTokenizer(directory)
-  model = CLIP(config)
-  # Parameters are arguments, not closed-over constants that XLA would fold into the program.
-  encode_image = jax.jit(lambda p, x: model.apply({'params': p}, x, method=CLIP.encode_image))
-  encode_text = jax.jit(lambda p, i, m: model.apply({'params': p}, i, m, method=CLIP.encode_text))
-  image_emb, text_emb = [], []
-  for start in range(0, len(captions), batch_size):
-    pixels = hf_clip.preprocess_images(images[start:start + batch_size], config)
-    image_emb.append(encode_image(params, pixels))
-    text_emb.append(encode_text(params, *tokenizer(captions[start:start + batch_size])))
-  normalise = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-  return normalise(np.concatenate(image_emb)), normalise(np.concatenate(text_emb))
+  """L2-normalised (image, text) embeddings by a saved model, loaded as a retriever loads it."""
+  encoder = DocumentEncoder(directory, batch_size)
+  return encoder.embed_images(images), encoder.embed_texts(captions)
 
 
 def evaluate(directory: str, start: int, count: int) -> Dict[str, float]:

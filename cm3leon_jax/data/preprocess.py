@@ -25,6 +25,10 @@ import tensorflow as tf
 from cm3leon_jax.data import images as image_lib
 from cm3leon_jax.data import store as store_lib
 from cm3leon_jax.data.sources import RawRecord, read_ranges
+from cm3leon_jax.interop import hf_clip
+from cm3leon_jax.interop.checkpoint_files import read_config
+from cm3leon_jax.models.clip_config import from_hf_config_dict
+from cm3leon_jax.retrieval import encoder as encoder_lib
 
 COUNTER_NAMESPACE = 'cm3leon_preprocess'
 BAD_REASONS = ('unreadable_record', 'no_image', 'bad_image', 'no_text', 'empty_text',
@@ -46,6 +50,8 @@ class PreprocessConfig:
     min_image_side: images with a smaller side are skipped as too small.
     num_sentinels: CM3 sentinels in the store's vocabulary.
     num_read_ranges: how many pieces the source is split into for reading (parallelism).
+    clip: a CLIP checkpoint folder; when given, each document also stores its image's CLIP
+      embedding, which the retrieval stage (tools/build_index.py) needs.
   """
 
   output_dir: str
@@ -58,6 +64,7 @@ class PreprocessConfig:
   min_image_side: int = image_lib.DEFAULT_MIN_SIDE
   num_sentinels: int = 256
   num_read_ranges: int = 16
+  clip: Optional[str] = None
 
   def __post_init__(self):
     for name in ('num_shards', 'batch_size', 'max_text_tokens', 'num_read_ranges'):
@@ -71,6 +78,7 @@ class Prepared:
 
   record: RawRecord
   pixels: np.ndarray
+  clip_pixels: Optional[np.ndarray]  # The image through CLIP's own preprocessing, if configured.
   captions: List[Tuple[int, str, np.ndarray]]  # (caption index, text, text ids)
 
 
@@ -99,6 +107,9 @@ class CheckAndPrepare(beam.DoFn):
 
   def setup(self):
     self._text = store_lib.text_vocabulary(self._config.text_vocabulary)
+    self._clip_config = None
+    if self._config.clip:
+      self._clip_config = from_hf_config_dict(read_config(self._config.clip))
 
   def process(self, record: RawRecord):
     if record.error:
@@ -108,7 +119,8 @@ class CheckAndPrepare(beam.DoFn):
       yield bad_record(record.id, 'no_image', 'the record has no image (text-only)')
       return
     try:
-      pixels = image_lib.preprocess(self._load(record.image), self._image_size)
+      image = self._load(record.image)
+      pixels = image_lib.preprocess(image, self._image_size)
     except image_lib.ImageError as e:
       yield bad_record(record.id, 'bad_image', str(e))
       return
@@ -126,7 +138,9 @@ class CheckAndPrepare(beam.DoFn):
     if not record.texts:
       yield bad_record(record.id, 'no_text', 'the record has no caption')
     elif captions:
-      yield Prepared(record, pixels, captions)
+      clip_pixels = (hf_clip.preprocess_images([image], self._clip_config)[0]
+                     if self._clip_config else None)
+      yield Prepared(record, pixels, clip_pixels, captions)
 
   def _captions(self, record: RawRecord) -> Tuple[str, ...]:
     keep = self._config.captions_per_image
@@ -150,8 +164,12 @@ class EncodeImages(beam.DoFn):
     self._config = config
 
   def setup(self):
-    from cm3leon_jax.image_tokenizer import ImageTokenizer  # JAX starts only on workers.
+    # JAX starts only on workers.
+    from cm3leon_jax.image_tokenizer import ImageTokenizer  # pylint: disable=g-import-not-at-top
     self._tokenizer = ImageTokenizer.load(self._config.image_tokenizer)
+    self._clip = None
+    if self._config.clip:
+      self._clip = encoder_lib.DocumentEncoder(self._config.clip, self._config.batch_size)
 
   def process(self, batch: List[Prepared]) -> Iterable[store_lib.Document]:
     size = self._config.batch_size
@@ -162,16 +180,25 @@ class EncodeImages(beam.DoFn):
                                                 pixels.dtype)])
       codes = np.asarray(self._tokenizer.encode(padded))[:len(chunk)]
       beam.metrics.Metrics.counter(COUNTER_NAMESPACE, 'images_encoded').inc(len(chunk))
-      for prepared, image_codes in zip(chunk, codes):
-        yield from _documents(prepared, image_codes.ravel())
+      embeddings = self._clip_embeddings(chunk)
+      for prepared, image_codes, embedding in zip(chunk, codes, embeddings):
+        yield from _documents(prepared, image_codes.ravel(), embedding)
+
+  def _clip_embeddings(self, chunk: List[Prepared]) -> List[Optional[np.ndarray]]:
+    if self._clip is None:
+      return [None] * len(chunk)
+    pixels = np.stack([p.clip_pixels for p in chunk])
+    return list(encoder_lib.normalise(self._clip.embed_pixels(pixels)))
 
 
-def _documents(prepared: Prepared, image_codes: np.ndarray) -> Iterable[store_lib.Document]:
+def _documents(prepared: Prepared, image_codes: np.ndarray,
+               clip_embedding: Optional[np.ndarray]) -> Iterable[store_lib.Document]:
   record = prepared.record
   for k, text, ids in prepared.captions:
     beam.metrics.Metrics.counter(COUNTER_NAMESPACE, 'documents').inc()
     yield store_lib.Document(_caption_id(record, k), record.index, k, text, ids,
-                             image_codes.astype(np.int32), dict(record.metadata))
+                             image_codes.astype(np.int32), dict(record.metadata),
+                             clip_image_embedding=clip_embedding)
 
 
 class WriteShard(beam.DoFn):
@@ -246,7 +273,16 @@ def _manifest_header(source, config: PreprocessConfig, tokenizer_config,
                      'num_sentinels': config.num_sentinels},
       'captions_per_image': config.captions_per_image,
       'max_text_tokens': config.max_text_tokens,
+      'clip': _clip_manifest(config.clip),
   }
+
+
+def _clip_manifest(clip: Optional[str]) -> Optional[Dict[str, Any]]:
+  """The CLIP whose image embeddings the store holds: its path and identity (or None)."""
+  if not clip:
+    return None
+  return {'path': os.path.abspath(clip),
+          'encoder': dataclasses.asdict(encoder_lib.encoder_info(clip))}
 
 
 def text_vocabulary_file(config: PreprocessConfig) -> str:

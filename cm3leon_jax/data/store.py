@@ -11,14 +11,15 @@ A document keeps its text and image apart (``text_ids``, ``image_codes``) so tha
 (text first or image first) is chosen when training examples are assembled. Image codes are the
 tokenizer's raw codes, not vocabulary ids. Records within a shard are sorted by (source index,
 caption index), and a document's shard depends only on its source index, so a store's bytes do not
-depend on how many workers wrote it. The retrieval stage adds neighbours (their ids and tokens,
-ragged lists stored flat with their lengths) to each record; until then those features are empty.
+depend on how many workers wrote it. Preprocessing with a CLIP adds each image's CLIP embedding
+(``clip_image_embedding``), and the retrieval stage adds neighbours (their ids and tokens, ragged
+lists stored flat with their lengths) to each record; until then those features are empty.
 """
 
 import dataclasses
 import json
 import os
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import seqio
@@ -50,6 +51,7 @@ class Document:
   neighbour_ids: Tuple[str, ...] = ()
   neighbour_text_ids: Tuple[np.ndarray, ...] = ()
   neighbour_image_codes: Tuple[np.ndarray, ...] = ()
+  clip_image_embedding: Optional[np.ndarray] = None  # Unit-norm float32 [dim], for retrieval.
 
   @property
   def sort_key(self) -> Tuple[int, int]:
@@ -58,6 +60,11 @@ class Document:
 
 def _int_feature(values) -> tf.train.Feature:
   return tf.train.Feature(int64_list=tf.train.Int64List(value=np.asarray(values, np.int64).ravel()))
+
+
+def _float_feature(values) -> tf.train.Feature:
+  values = np.asarray(values, np.float32).ravel()
+  return tf.train.Feature(float_list=tf.train.FloatList(value=values))
 
 
 def _bytes_feature(values: Sequence[str]) -> tf.train.Feature:
@@ -87,6 +94,8 @@ def to_example_bytes(doc: Document) -> bytes:
       'neighbour_text_lengths': _int_feature(neighbour_text_lengths),
       'neighbour_image_codes': _int_feature(neighbour_image),
       'neighbour_image_lengths': _int_feature(neighbour_image_lengths),
+      'clip_image_embedding': _float_feature(
+          () if doc.clip_image_embedding is None else doc.clip_image_embedding),
   }
   # Deterministic: protobuf map order would otherwise differ between processes.
   example = tf.train.Example(features=tf.train.Features(feature=features))
@@ -102,12 +111,14 @@ def from_example_bytes(data: bytes) -> Document:
   feature = tf.train.Example.FromString(data).features.feature
   ints = lambda key: np.asarray(feature[key].int64_list.value, np.int32)
   strings = lambda key: tuple(v.decode('utf-8') for v in feature[key].bytes_list.value)
+  clip = feature['clip_image_embedding'].float_list.value
   return Document(
       id=strings('id')[0], index=int(ints('index')[0]), caption_index=int(ints('caption_index')[0]),
       text=strings('text')[0], text_ids=ints('text_ids'), image_codes=ints('image_codes'),
       metadata=json.loads(strings('metadata')[0]), neighbour_ids=strings('neighbour_ids'),
       neighbour_text_ids=_split(ints('neighbour_text_ids'), ints('neighbour_text_lengths')),
-      neighbour_image_codes=_split(ints('neighbour_image_codes'), ints('neighbour_image_lengths')))
+      neighbour_image_codes=_split(ints('neighbour_image_codes'), ints('neighbour_image_lengths')),
+      clip_image_embedding=np.asarray(clip, np.float32) if clip else None)
 
 
 def feature_description() -> Dict[str, Any]:
@@ -138,6 +149,12 @@ def write_shard(directory: str, shard: int, num_shards: int, documents: Sequence
       writer.write(to_example_bytes(doc))
   tf.io.gfile.rename(temporary, path, overwrite=True)
   return path
+
+
+def read_shard(path: str) -> Iterator[Document]:
+  """The documents of one shard file, in file order."""
+  for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+    yield from_example_bytes(record)
 
 
 def text_vocabulary(path: str) -> seqio.Vocabulary:
@@ -182,5 +199,4 @@ class DocumentStore:
   def documents(self) -> Iterator[Document]:
     """Every document, shard by shard, in store order."""
     for path in self.files():
-      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-        yield from_example_bytes(record)
+      yield from read_shard(path)

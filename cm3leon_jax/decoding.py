@@ -83,9 +83,15 @@ def image_spans(config: DecodingConfig, vocab) -> Optional[ImageSpans]:
     raise DecodingError('DecodingConfig.tokens_per_image needs the vocabulary (its image ids and '
                         '<break>); pass vocab=.')
   pick = lambda value: vocab.break_id if value is None else value
-  return ImageSpans(config.tokens_per_image, vocab.first_image_id, vocab.num_image_codes,
-                    pick(config.image_open_id), pick(config.image_close_id),
-                    config.generate_images)
+  spans = ImageSpans(config.tokens_per_image, vocab.first_image_id, vocab.num_image_codes,
+                     pick(config.image_open_id), pick(config.image_close_id),
+                     config.generate_images)
+  for name in ('open_id', 'close_id'):
+    value = getattr(spans, name)
+    if not 0 <= value < vocab.vocab_size or spans.is_image(value):
+      raise DecodingError(f'DecodingConfig.image_{name}={value} must be a non-image token id of '
+                          f'the vocabulary [0, {vocab.vocab_size}).')
+  return spans
 
 
 @dataclasses.dataclass
@@ -122,12 +128,16 @@ def generate(model: Decoder, params, prompts: Sequence[Sequence[int]], config: D
   d = config.num_decodes
   rows = [p for stream in streams for p in stream for _ in range(d)]
   lengths = np.array([len(p) for p in rows], np.int32)
-  padded = np.full((len(rows), lengths.max()), config.pad_id, np.int32)
+  # Padding to a multiple of 16 lets batches of similar lengths share one compilation; the checks
+  # above guarantee room for max_new_tokens after the longest prompt.
+  room = model.config.max_length - config.max_new_tokens
+  width = min(-(-lengths.max() // 16) * 16, room)
+  padded = np.full((len(rows), width), config.pad_id, np.int32)
   for i, p in enumerate(rows):
     padded[i, :len(p)] = p
   keys = jax.random.split(jax.random.key(config.seed), len(prompts) * d)
   num_cd_k = round(d * config.cd_k_fraction)
-  use_cd_k = np.tile(np.arange(d) >= d - num_cd_k, len(prompts))
+  use_cd_k = np.tile(np.arange(d) >= d - num_cd_k, len(prompts)) if num_cd_k else None
   # The seed does not change the program: keep it out of the static key to avoid recompiling.
   static = dataclasses.replace(config, seed=0)
   tokens, num_tokens = _generate_rows(model, static, spans, logit_callback, params, padded,
@@ -145,6 +155,8 @@ def _generate_rows(model, config, spans, logit_callback, params, prompts, length
 
 def _checked_prompts(prompts, config: DecodingConfig, model_config) -> List[List[int]]:
   """Prompts as int lists, or a DecodingError naming the first problem."""
+  if isinstance(prompts, np.ndarray):
+    prompts = list(prompts)
   if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
     raise DecodingError('generate() needs a non-empty list of prompts (lists of token ids).')
   vocab_size, max_length = model_config.vocab_size, model_config.max_length

@@ -102,6 +102,7 @@ class DecodingConfig:
     for name in ('max_new_tokens', 'num_decodes', 'cd_k_k'):
       _check_int(name, getattr(self, name), 1)
     _check_int('top_k', self.top_k, 0)
+    _check_int('seed', self.seed, 0)
     if self.tokens_per_image is not None:
       _check_int('tokens_per_image', self.tokens_per_image, 1)
     _check_range('temperature', self.temperature, 0, math.inf)
@@ -145,12 +146,13 @@ def decode(tokens_to_logits: TokensToLogits, prompts: jax.Array, lengths: jax.Ar
   Args:
     tokens_to_logits: (DecodingState) -> ([streams * rows, V] logits of the next token, cache).
     prompts: [streams * rows, length] right-padded prompts, stream-major (all conditional rows,
-      then all unconditional rows, ...), with room for nothing else: the loop widens it.
+      then all unconditional rows, ...).
     lengths: [streams * rows] prompt lengths (>= 1).
     cache: the prefilled cache, whose next write goes to each row's last prompt token.
     keys: [rows] PRNG keys, one per row.
     config: the settings (guidance streams must match `prompts`).
-    use_cd_k: [rows] bool, rows that pick with CD-K; None means none.
+    use_cd_k: [rows] bool, rows that pick with CD-K (expert: the first stream, amateur: the
+      last); the others use top-k/top-p. None means no CD-K rows.
     spans: modality control; None turns it off.
     logit_callback: optional hook on the guided logits.
 
@@ -162,8 +164,9 @@ def decode(tokens_to_logits: TokensToLogits, prompts: jax.Array, lengths: jax.Ar
   if prompts.shape[0] != streams * rows:
     raise DecodingError(f'decode() got {prompts.shape[0]} prompt rows for {rows} rows of '
                         f'{streams} stream(s); expected {streams * rows}.')
-  if use_cd_k is None:
-    use_cd_k = jnp.zeros(rows, bool)
+  if use_cd_k is not None and streams == 1:
+    raise DecodingError('CD-K rows need the unconditional (<mask>) stream as their amateur; '
+                        'set DecodingConfig.cd_k_fraction or guidance_scale.')
   steps = config.max_new_tokens
   sequences = jnp.pad(prompts, ((0, 0), (0, steps)), constant_values=config.pad_id)
   index = lengths - 1
@@ -211,7 +214,7 @@ def _pick(logits, state, span_state, keys, use_cd_k, config, spans, logit_callba
   greedy = config.temperature == 0
   temperature = 1.0 if greedy else config.temperature
   scores = dl.top_p_filter(dl.top_k_filter(guided / temperature, config.top_k), config.top_p)
-  if config.num_streams > 1:
+  if use_cd_k is not None:
     streams = logits.reshape(config.num_streams, -1, logits.shape[-1])
     expert = jnp.where(allowed, streams[0], -jnp.inf)
     contrast = dl.cd_k_scores(expert, streams[-1], config.cd_k_alpha, config.cd_k_k)

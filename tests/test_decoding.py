@@ -13,20 +13,30 @@ import pytest
 from cm3leon_jax import decoding
 from cm3leon_jax.decoding import DecodingConfig, DecodingError, ImageSpans, decode
 from cm3leon_jax.decoding_logits import combine_guidance
-from cm3leon_jax.vocab import MultimodalVocabulary
 from cm3leon_jax.models.decoder import Decoder, init_params
 from helpers import tiny_config
 
 
-class TextVocabulary:
-  """The 20-id text vocabulary MultimodalVocabulary needs (only its sizes matter here)."""
+class ToyVocabulary:
+  """MultimodalVocabulary's id layout for a 20-id text vocabulary, 2 sentinels and 16 image codes:
+  text 0..19, <break> 20, <infill> 21, <eoss> 22, <mask> 23, sentinels 24-25, images 26..41.
 
-  vocab_size, eos_id, unk_id = 20, 1, 2
+  Duck-typed rather than the real class: that imports TensorFlow, after which importing
+  transformers (tests/test_decoding_chameleon.py, which does use the real class) segfaults.
+  """
+
+  num_text, eos_id = 20, 1
+  break_id, infill_id, eoss_id, mask_id = 20, 21, 22, 23
+  first_image_id, num_image_codes, vocab_size = 26, 16, 42
+
+  def sentinel_id(self, index):
+    return 24 + index
+
+  def is_image(self, ids):
+    return (ids >= self.first_image_id) & (ids < self.first_image_id + self.num_image_codes)
 
 
-# Ids: text 0..19, <break> 20, <infill> 21, <eoss> 22, <mask> 23, sentinels 24-25, images 26..41.
-VOCAB = MultimodalVocabulary(TextVocabulary(), num_image_codes=16, num_sentinels=2,
-                             pad_to_multiple=1)
+VOCAB = ToyVocabulary()
 V = VOCAB.vocab_size
 BREAK, MASK, EOS = VOCAB.break_id, VOCAB.mask_id, VOCAB.eos_id
 IMAGES = np.arange(VOCAB.first_image_id, V)
@@ -221,6 +231,19 @@ def test_image_spans_hold_exactly_n_codes_then_the_end_token_and_text_no_codes()
   assert not np.isin(text_only, IMAGES).any()
 
 
+def test_image_infilling_opens_at_the_sentinel_and_closes_with_eoss():
+  # A CM3 infilling prompt whose masked span is an image: the model writes the image right after
+  # the final <sentinel:0>, so the sentinel opens the span and <eoss> closes it.
+  sentinel, eoss = VOCAB.sentinel_id(0), VOCAB.eoss_id
+  table = markov_table(9, scale=1.0)
+  table[:, IMAGES] -= 3.0  # The toy prefers text: only the constraint yields codes.
+  spans = ImageSpans(N, VOCAB.first_image_id, VOCAB.num_image_codes, sentinel, eoss)
+  config = DecodingConfig(max_new_tokens=N + 1, num_decodes=16)
+  prompt = [3, BREAK, sentinel, VOCAB.infill_id, sentinel]
+  tokens, _ = run(markov(table), [prompt] * 16, config, spans=spans)
+  assert np.isin(tokens[:, :N], IMAGES).all() and (tokens[:, N] == eoss).all()
+
+
 def test_padded_batch_equals_each_prompt_alone():
   toy = history(7)
   prompts = [[3, 4, 5, 6, 7, 8], [9], [10, 11, 12]]
@@ -328,6 +351,12 @@ def test_bad_input_raises_one_clear_error(tiny, prompts, changes, message):
   with pytest.raises(DecodingError, match=message):
     decoding.generate(model, params, prompts, DecodingConfig(**{'max_new_tokens': 4, **changes}),
                       VOCAB)
+
+
+def test_cd_k_rows_without_an_amateur_stream_are_refused():
+  with pytest.raises(DecodingError, match='CD-K rows need the unconditional'):
+    run(markov(markov_table()), [[3]], DecodingConfig(max_new_tokens=2),
+        use_cd_k=np.ones(1, bool))
 
 
 def test_guidance_without_a_vocabulary_is_refused(tiny):

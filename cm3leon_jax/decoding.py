@@ -123,6 +123,9 @@ def generate(model: Decoder, params, prompts: Sequence[Sequence[int]], config: D
     The samples. Raises DecodingError, naming the problem, for prompts or settings it cannot use.
   """
   prompts = _checked_prompts(prompts, config, model.config)
+  if vocab is not None and vocab.vocab_size > model.config.vocab_size:
+    raise DecodingError(f'The vocabulary has {vocab.vocab_size} ids but the model only '
+                        f'{model.config.vocab_size}; they do not belong together.')
   streams = _streams(prompts, config, vocab)
   spans = image_spans(config, vocab)
   d = config.num_decodes

@@ -140,6 +140,22 @@ def test_cfg_with_scale_one_equals_conditional_sampling():
   assert (stronger != plain).any()
 
 
+def test_three_streams_with_unit_scales_follow_the_full_prompt():
+  toy = history(10)
+  full = [[3, 4, BREAK, 30, 31, 32, 33, BREAK, 5, BREAK]]
+  image_cond = [decoding.unconditional_prompt(full[0], VOCAB)]
+  uncond = [decoding.unconditional_prompt(full[0], VOCAB, mask_images=True)]
+  base = DecodingConfig(max_new_tokens=10, temperature=0)
+  plain, _ = run(toy, full, base)
+  three = DecodingConfig(max_new_tokens=10, temperature=0, guidance_scale=1.0,
+                         image_guidance_scale=1.0)
+  guided, _ = run(toy, full + image_cond + uncond, three)
+  np.testing.assert_array_equal(guided, plain)  # u + (i - u) + (f - i) = f.
+  edited, _ = run(toy, full + image_cond + uncond,
+                  dataclasses.replace(three, guidance_scale=7.5, image_guidance_scale=1.5))
+  assert (edited != plain).any()
+
+
 def test_guidance_formulas():
   rng = np.random.default_rng(0)
   full, image, uncond = (rng.normal(size=(2, V)).astype(np.float32) for _ in range(3))
@@ -269,14 +285,21 @@ def test_stop_tokens_end_rows_which_then_emit_pad():
 # --- a tiny Decoder ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope='module')
-def tiny():
-  model = Decoder(tiny_config(family='chameleon', vocab_size=V, max_length=32))
+def tiny_model(family):
+  """A tiny Decoder over the toy vocabulary and its random parameters."""
+  model = Decoder(tiny_config(family=family, vocab_size=V, max_length=32))
   return model, jax.jit(lambda key: nn.meta.unbox(init_params(model, key)))(jax.random.key(0))
 
 
-def test_model_greedy_equals_full_forward_argmax_and_padding_is_invisible(tiny):
-  model, params = tiny
+@pytest.fixture(scope='module')
+def tiny():
+  return tiny_model('chameleon')
+
+
+@pytest.mark.parametrize('family', ['chameleon', 'cm3leon'])
+def test_model_greedy_equals_full_forward_argmax_and_padding_is_invisible(tiny, family):
+  # RoPE (chameleon) and the learned position table (cm3leon) both see each row's own positions.
+  model, params = tiny if family == 'chameleon' else tiny_model(family)
   prompts = [[3, 4, 5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15]]
   config = DecodingConfig(max_new_tokens=6, temperature=0, num_decodes=2)
   batch = decoding.generate(model, params, prompts, config)

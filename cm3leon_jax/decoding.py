@@ -7,8 +7,9 @@ are the pieces for callers who drive ``decode`` themselves.
 
 Prompts are right-padded into one batch. After prefilling the padded batch, each row's cache index
 is set back to its own last prompt token, which the first step feeds again: the padding slots are
-overwritten before any query can see them, so a padded batch decodes as each prompt alone. (Left
-padding would need an attention mask over the padding, which the cache does not keep.)
+overwritten before any query can see them, so a padded batch decodes as each prompt alone. Left
+padding would need an attention mask over the padding, which the cache does not keep: turn such
+batches around with ``right_pad`` first.
 """
 
 import dataclasses
@@ -21,11 +22,12 @@ import numpy as np
 
 from cm3leon_jax.decoding_logits import ImageSpans
 from cm3leon_jax.decoding_loop import (DecodingConfig, DecodingError, DecodingState, LogitCallback,
-                                       TokensToLogits, decode)
+                                       TokensToLogits, decode, right_pad)
 from cm3leon_jax.models.decoder import Decoder, init_cache
 
 __all__ = ['DecodingConfig', 'DecodingError', 'DecodingState', 'ImageSpans', 'Samples', 'decode',
-           'generate', 'image_spans', 'make_tokens_to_logits', 'prefill', 'unconditional_prompt']
+           'generate', 'image_spans', 'make_tokens_to_logits', 'prefill', 'right_pad',
+           'unconditional_prompt']
 
 
 def make_tokens_to_logits(model: Decoder, params) -> TokensToLogits:
@@ -82,10 +84,10 @@ def image_spans(config: DecodingConfig, vocab) -> Optional[ImageSpans]:
   if vocab is None:
     raise DecodingError('DecodingConfig.tokens_per_image needs the vocabulary (its image ids and '
                         '<break>); pass vocab=.')
-  pick = lambda value: vocab.break_id if value is None else value
+  open_id, close_id = (vocab.break_id if value is None else value
+                       for value in (config.image_open_id, config.image_close_id))
   spans = ImageSpans(config.tokens_per_image, vocab.first_image_id, vocab.num_image_codes,
-                     pick(config.image_open_id), pick(config.image_close_id),
-                     config.generate_images)
+                     open_id, close_id, config.generate_images)
   for name in ('open_id', 'close_id'):
     value = getattr(spans, name)
     if not 0 <= value < vocab.vocab_size or spans.is_image(value):
@@ -114,7 +116,8 @@ def generate(model: Decoder, params, prompts: Sequence[Sequence[int]], config: D
   Args:
     model: the Decoder.
     params: its (unboxed) parameters.
-    prompts: token id lists, of any lengths.
+    prompts: unpadded token id lists, of any lengths (a 2-D array is taken as equal-length
+      prompts, padding included).
     config: the decoding settings.
     vocab: the MultimodalVocabulary; needed for guidance, CD-K and modality control.
     logit_callback: optional hook on the guided logits (see ``decoding_loop.LogitCallback``).

@@ -137,6 +137,13 @@ def _check_range(name, value, low, high, low_open=False):
     raise DecodingError(f'DecodingConfig.{name} must be a number in {bounds}; got {value!r}.')
 
 
+def right_pad(prompts: jax.Array, lengths: jax.Array) -> jax.Array:
+  """A left-padded batch [rows, length] turned right-padded, the layout ``decode`` and
+  ``decoding.prefill`` take (fed left-padded, each row's tokens would attend to its padding)."""
+  shift = jax.vmap(lambda row, n: jnp.roll(row, n - row.shape[0]))
+  return shift(prompts, lengths)
+
+
 def decode(tokens_to_logits: TokensToLogits, prompts: jax.Array, lengths: jax.Array, cache: Any,
            keys: jax.Array, config: DecodingConfig, *, use_cd_k: Optional[jax.Array] = None,
            spans: Optional[dl.ImageSpans] = None,
@@ -146,7 +153,7 @@ def decode(tokens_to_logits: TokensToLogits, prompts: jax.Array, lengths: jax.Ar
   Args:
     tokens_to_logits: (DecodingState) -> ([streams * rows, V] logits of the next token, cache).
     prompts: [streams * rows, length] right-padded prompts, stream-major (all conditional rows,
-      then all unconditional rows, ...).
+      then all unconditional rows, ...); see ``right_pad`` for left-padded ones.
     lengths: [streams * rows] prompt lengths (>= 1).
     cache: the prefilled cache, whose next write goes to each row's last prompt token.
     keys: [rows] PRNG keys, one per row.

@@ -271,6 +271,12 @@ def test_padded_batch_equals_each_prompt_alone():
     np.testing.assert_array_equal(batch[i], alone[0])
 
 
+def test_left_padded_batches_are_turned_right_padded():
+  left = jnp.array([[0, 0, 3, 4], [5, 6, 7, 8], [0, 0, 0, 9]])
+  right = decoding.right_pad(left, jnp.array([2, 4, 1]))
+  assert right.tolist() == [[3, 4, 0, 0], [5, 6, 7, 8], [9, 0, 0, 0]]
+
+
 def test_stop_tokens_end_rows_which_then_emit_pad():
   table = markov_table(8, scale=1.0)
   table[:, [7, EOS]] -= 20.0  # Nothing leads to 7 or <eos>, except that 7 leads to <eos>.

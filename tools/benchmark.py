@@ -11,6 +11,8 @@ Benchmarks (the positional NAME; add new ones to ``BENCHMARKS``):
   pipeline: packed seqio batches/s of the quickstart input pipeline against the batches/s the
     quickstart train step consumes, and Beam preprocessing images/s with 1 and 2 workers (see
     tools/benchmark_pipeline.py).
+  generate: greedy new tokens/s of ours against transformers' Chameleon generate, and per-token
+    time against the memory-bandwidth floor (see tools/benchmark_generate.py).
   retrieval: ScaNN (tree + asymmetric hashing + reorder) against exact numpy search over 1M x 512
     clustered, L2-normalised embeddings: queries/s of both and ScaNN's recall@10 (see
     tools/benchmark_retrieval.py).
@@ -52,6 +54,7 @@ from cm3leon_jax.models.config import DecoderConfig  # pylint: disable=g-import-
 from cm3leon_jax.models.decoder import Decoder, init_params  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.models.vqgan import VQGAN  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.models.vqgan_config import VQGANConfig  # pylint: disable=g-import-not-at-top
+import benchmark_generate  # pylint: disable=g-import-not-at-top
 import benchmark_pipeline  # pylint: disable=g-import-not-at-top  (tools/ is the script's folder)
 import benchmark_retrieval  # pylint: disable=g-import-not-at-top
 
@@ -406,6 +409,7 @@ BENCHMARKS = {
     'vqgan': vqgan_benchmark,
     'pipeline': benchmark_pipeline.pipeline_benchmark,
     'retrieval': benchmark_retrieval.retrieval_benchmark,
+    'generate': benchmark_generate.generate_benchmark,
 }
 
 

@@ -1,0 +1,31 @@
+"""tools/benchmark.py generate runs end to end on tiny models and prints its RESULT line."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUMBER = r'(-?[\d.]+)'
+
+
+@pytest.mark.slow
+def test_generate_benchmark_prints_a_result_line():
+  tiny = ['--{}_layers=1', '--{}_hidden=64', '--{}_heads=2', '--{}_mlp=96', '--{}_vocab=256']
+  args = ['generate', *[a.format('generate') for a in tiny], *[a.format('floor') for a in tiny],
+          '--generate_prompt=8', '--generate_new_tokens=8', '--generate_repeats=1',
+          '--floor_new_tokens=4', '--floor_bandwidth_mib=16']
+  out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'benchmark.py'), *args],
+                       capture_output=True, text=True, check=True, cwd=ROOT).stdout
+  result = re.search(
+      rf'^RESULT generate ours={NUMBER} peer={NUMBER} unit=tokens/s ratio={NUMBER} '
+      rf'agree={NUMBER} per_token_ms={NUMBER} floor_ms={NUMBER} floor_ratio={NUMBER} '
+      rf'bandwidth_gbs={NUMBER}$', out, re.M)
+  assert result, out
+  ours, peer, ratio, agree, _, floor, _, bandwidth = map(float, result.groups())
+  assert ours > 0 and peer > 0 and floor > 0 and bandwidth > 0
+  assert ratio == pytest.approx(ours / peer, rel=1e-2)
+  assert agree == 1.0  # Same weights, greedy: the same tokens, or the speeds are not comparable.
+  assert '| new tokens/s |' in out and '| per-token time (ms) |' in out

@@ -57,13 +57,16 @@ def prefill(model: Decoder, params, prompts: jax.Array, lengths: jax.Array, cach
   return jax.tree_util.tree_map_with_path(rewind, variables['cache'])
 
 
-def unconditional_prompt(prompt: Sequence[int], vocab, mask_images: bool = False) -> List[int]:
-  """The guidance stream of `prompt`: each maximal run of text tokens becomes a single <mask>.
+def unconditional_prompt(prompt: Sequence[int], vocab, mask_images: bool = False,
+                         mask_id: Optional[int] = None) -> List[int]:
+  """The guidance stream of `prompt`: each maximal run of text tokens becomes a single mask token.
 
-  One <mask> per run, not one per token, because that is what the CM3 objective shows the model
+  One mask per run, not one per token, because that is what the CM3 objective shows the model
   for a masked span. Specials (<break>, sentinels, ...) stay. `mask_images` also replaces each run
-  of image codes (the three-stream form's unconditional stream).
+  of image codes (the three-stream form's unconditional stream). `mask_id` is the token standing
+  for a masked span (default <mask>; a model trained with enumerated sentinels saw <sentinel:0>).
   """
+  mask_id = vocab.mask_id if mask_id is None else mask_id
   out: List[int] = []
   previous = None
   for token in prompt:
@@ -72,7 +75,7 @@ def unconditional_prompt(prompt: Sequence[int], vocab, mask_images: bool = False
     if not masked:
       out.append(token)
     elif kind != previous:
-      out.append(vocab.mask_id)
+      out.append(mask_id)
     previous = kind if masked else None
   return out
 
@@ -183,7 +186,9 @@ def _checked_prompts(prompts, config: DecodingConfig, model_config) -> List[List
           f"needs {ids.size + config.max_new_tokens} positions, more than the model's "
           f'max_length={max_length}. Shorten the prompt or lower max_new_tokens.')
     checked.append([int(t) for t in ids])
-  for name, ids in (('stop_ids', config.stop_ids), ('pad_id', (config.pad_id,))):
+  mask = () if config.uncond_mask_id is None else (config.uncond_mask_id,)
+  for name, ids in (('stop_ids', config.stop_ids), ('pad_id', (config.pad_id,)),
+                    ('uncond_mask_id', mask)):
     if any(not 0 <= t < vocab_size for t in ids):
       raise DecodingError(f'DecodingConfig.{name}={ids} lies outside the vocabulary '
                           f'[0, {vocab_size}).')
@@ -196,7 +201,8 @@ def _streams(prompts: List[List[int]], config: DecodingConfig, vocab) -> List[Li
     return [prompts]
   if vocab is None:
     raise DecodingError('Guidance and CD-K build <mask> prompts from the vocabulary; pass vocab=.')
-  uncond = [unconditional_prompt(p, vocab, mask_images=config.num_streams == 3) for p in prompts]
+  mask = config.uncond_mask_id
+  uncond = [unconditional_prompt(p, vocab, config.num_streams == 3, mask) for p in prompts]
   if config.num_streams == 2:
     return [prompts, uncond]
-  return [prompts, [unconditional_prompt(p, vocab) for p in prompts], uncond]
+  return [prompts, [unconditional_prompt(p, vocab, mask_id=mask) for p in prompts], uncond]

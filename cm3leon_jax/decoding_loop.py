@@ -76,6 +76,8 @@ class DecodingConfig:
       False forbids image codes in the output.
     image_open_id: the token starting an image span; None means the vocabulary's <break>.
     image_close_id: the token closing it after N codes; None means <break>.
+    uncond_mask_id: the token that replaces each text run in the unconditional stream; None means
+      <mask> (see ``decoding.unconditional_prompt``).
     seed: seeds the jax PRNG key of all draws.
   """
 
@@ -95,6 +97,7 @@ class DecodingConfig:
   generate_images: bool = True
   image_open_id: Optional[int] = None
   image_close_id: Optional[int] = None
+  uncond_mask_id: Optional[int] = None
   seed: int = 0
 
   def __post_init__(self):

@@ -24,7 +24,7 @@ import gin
 import jax
 import numpy as np
 
-from cm3leon_jax import checkpoints, flops, gin_utils, partitioning
+from cm3leon_jax import checkpoints, flops, gin_utils, objective, partitioning, pretrained
 from cm3leon_jax import optimizer as optimizer_lib
 from cm3leon_jax import train_state as state_lib
 from cm3leon_jax.data import input_pipeline
@@ -90,6 +90,17 @@ def evaluate(eval_step, params, dataset, sharding, num_batches: int) -> Dict[str
   if totals is None:
     raise ValueError('The validation split gave no batch: lower BATCH_SIZE or add data.')
   return state_lib.eval_metrics(totals)
+
+
+def _write_model_files(model_dir, model_config, mixture_or_task_name, vocab):
+  """model.json and the text vocabulary: what samplers load besides the checkpoint."""
+  from tasks import stores  # pylint: disable=g-import-not-at-top
+  info = stores.task_store_info(mixture_or_task_name)
+  image_tokenizer, cm3 = None, objective.CM3Config()
+  if info is not None:
+    image_tokenizer = info[0].manifest['image_tokenizer']['path']
+    cm3 = info[1].cm3
+  pretrained.write_model_files(model_dir, model_config, vocab, image_tokenizer, cm3)
 
 
 @gin.configurable(denylist=['model_dir'])
@@ -161,6 +172,8 @@ def train(model_dir: str,
                      f'DecoderConfig.vocab_size >= {vocab.vocab_size}.')
   step_config = state_lib.StepConfig(microbatches, z_loss, vocab.first_image_id,
                                      vocab.num_image_codes)
+  if jax.process_index() == 0:
+    _write_model_files(model_dir, model_config, mixture_or_task_name, vocab)
 
   abstract, shardings = state_lib.abstract_train_state(model, optimizer, mesh)
   checkpointer = checkpoints.Checkpointer(model_dir, checkpoint_every, keep_checkpoints,

@@ -22,6 +22,23 @@ from cm3leon_jax.data import assembly, seqio_ops
 from cm3leon_jax.data import store as store_lib
 
 
+# What each registered store task reads: its stores by split and its assembly config (samplers
+# need the image tokenizer the store names and the CM3 settings the model was trained with).
+_TASK_STORES = {}
+
+
+def task_store_info(name: str) -> Optional[Tuple[store_lib.DocumentStore, assembly.AssemblyConfig]]:
+  """(one store split, assembly config) of a registered store task, or of a mixture's first
+  store task; None for tasks that do not read a document store."""
+  if name in _TASK_STORES:
+    return _TASK_STORES[name]
+  if name in seqio.MixtureRegistry.names():
+    for task in seqio.get_mixture_or_task(name).tasks:
+      if task.name in _TASK_STORES:
+        return _TASK_STORES[task.name]
+  return None
+
+
 def _split_stores(store_dir: str, splits: Optional[Sequence[str]]):
   """{split: DocumentStore} for the requested splits (default: every folder with a manifest)."""
   if splits is None:
@@ -70,6 +87,7 @@ def register_store_task(name: str, store_dir: str,
       'targets': seqio.Feature(vocabulary, add_eos=False),
       'loss_weights': seqio.Feature(seqio.PassThroughVocabulary(2), add_eos=False),
   }
+  _TASK_STORES[name] = (next(iter(stores.values())), assembly_config)
   seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors,
                                 output_features=output_features,

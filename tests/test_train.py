@@ -11,9 +11,11 @@ import time
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
 import data_helpers
+from data_helpers import run_tool
 from cm3leon_jax import checkpoints, gin_utils
 from cm3leon_jax import train as train_lib
 from cm3leon_jax.data import preprocess
@@ -245,7 +247,7 @@ def test_quickstart_main_job_end_to_end_on_tiny_settings(tmp_path):
   result = subprocess.run(
       [sys.executable, 'tools/quickstart.py', f'--workdir={tmp_path}', '--train_documents=300',
        '--validation_documents=200', '--tokenizer_steps=10', '--clip_steps=10',
-       '--baseline_batches=10',       '--gin_bindings=TRAIN_STEPS=30', '--gin_bindings=train.train.log_every=10'],
+       '--baseline_batches=10', '--judged_examples=8',       '--gin_bindings=TRAIN_STEPS=30', '--gin_bindings=train.train.log_every=10'],
       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
       timeout=1200)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -257,3 +259,25 @@ def test_quickstart_main_job_end_to_end_on_tiny_settings(tmp_path):
   assert report['validation_loss'] < np.log(1536)
   assert np.isfinite(report['unigram_baseline'])
   assert (tmp_path / 'loss_curve.png').stat().st_size > 1000
+  for rates in (report['samples']['text_to_image_with_cfg'], report['samples']['captioning']):
+    assert 0.0 <= rates['main_object'] <= 1.0 and 0.0 <= rates['chance'] <= 1.0
+  assert (tmp_path / 'samples.png').stat().st_size > 500
+
+  # The sampling tools on the run's checkpoint: a grid with its settings, and captions.
+  grid = tmp_path / 'grid.png'
+  run_tool(['tools/generate.py', f'--checkpoint={tmp_path / "model"}', '--prompt=a red circle',
+            '--prompt=a small blue square', '--num_samples=2', f'--output={grid}'])
+  settings = json.loads((tmp_path / 'grid.json').read_text())
+  assert settings['prompts'] == ['a red circle', 'a small blue square']
+  assert settings['decoding']['guidance_scale'] == 3.0
+  with Image.open(grid) as image:  # 2 x 2 cells of 32 px with 2-px borders.
+    assert image.size == (2 * 34 + 2, 2 * 34 + 2)
+  images = tmp_path / 'images'
+  images.mkdir()
+  Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(images / 'black.png')
+  (images / 'broken.png').write_bytes(b'not a png')
+  run_tool(['tools/caption.py', f'--checkpoint={tmp_path / "model"}', f'--images={images}',
+            f'--output={tmp_path / "captions.jsonl"}'])
+  lines = [json.loads(line) for line in (tmp_path / 'captions.jsonl').read_text().splitlines()]
+  assert {os.path.basename(line['image']) for line in lines} == {'black.png', 'broken.png'}
+  assert all(('error' in line) == line['image'].endswith('broken.png') for line in lines)

@@ -23,7 +23,6 @@ Writes ``<output_dir>/<split>/``: TFRecord shards, manifest.json and bad_records
 
 import json
 import os
-import sys
 
 from absl import app, flags, logging
 from apache_beam.options.pipeline_options import PipelineOptions

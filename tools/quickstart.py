@@ -8,11 +8,13 @@ Stages (each is skipped when its output already exists, so running again resumes
   2. the tiny VQ-GAN image tokenizer (gin/vqgan/tiny.gin)         <workdir>/image_tokenizer/
   3. a small CLIP, the frozen retriever (tools/train_clip.py)     <workdir>/clip/
   4. Beam preprocessing of the train and validation pairs         <workdir>/data/synthetic/
-  5. Beam retrieval: the train split's index, then two            <workdir>/data/synthetic/train/index
-     neighbours for every train and validation document          <workdir>/data/synthetic_retrieved/
+  5. Beam retrieval: the train split's index            <workdir>/data/synthetic/train/index
+     and two neighbours per train and validation document        <workdir>/data/synthetic_retrieved/
   6. training with gin/quickstart.gin (resumes from checkpoints)  <workdir>/model/
-  7. the report: validation loss against the unigram baseline, the loss curve as a PNG, and
-     <workdir>/report.json
+  7. samples: held-out captions drawn with and without classifier-free guidance, held-out images
+     captioned, all judged by the synthetic judge                 <workdir>/samples.png, .json
+  8. the report: validation loss against the unigram baseline, the loss curve as a PNG, the
+     judged samples, and <workdir>/report.json
 """
 
 import json
@@ -35,6 +37,11 @@ _CLIP_STEPS = flags.DEFINE_integer('clip_steps', 300, 'CLIP training steps.')
 _SEARCH_CANDIDATES = flags.DEFINE_integer(
     'search_candidates', 128, 'Candidates searched per document: synthetic documents are alike, '
     'so many score above the 0.9 near-copy threshold.')
+_JUDGED_EXAMPLES = flags.DEFINE_integer(
+    'judged_examples', 128, 'Held-out examples drawn from their captions, and captioned, for the '
+    'report.')
+_GUIDANCE_SCALE = flags.DEFINE_float('guidance_scale', 3.0, 'Classifier-free guidance scale of '
+                                     'the report\'s samples.')
 _GIN_BINDINGS = flags.DEFINE_multi_string('gin_bindings', [],
                                           'Extra bindings for the training run.')
 _BASELINE_BATCHES = flags.DEFINE_integer('baseline_batches', 100,
@@ -132,8 +139,38 @@ def unigram_baseline(workdir: str) -> float:
   return unigram.unigram_loss(counts, validation.as_numpy_iterator())
 
 
+def sample_and_judge(workdir: str, model_dir: str) -> dict:
+  """Draw held-out captions with and without CFG and caption held-out images; judge both."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.decoding import DecodingConfig  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.evaluation import synthetic_eval  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.pretrained import Pretrained  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.training_metrics import image_grid  # pylint: disable=g-import-not-at-top
+  pretrained = Pretrained.load(model_dir)
+  examples = synthetic_eval.held_out_examples(_JUDGED_EXAMPLES.value,
+                                              pretrained.image_tokenizer.config.resolution)
+  captions = [e.caption for e in examples]
+  sampling = DecodingConfig(temperature=1.0, top_p=0.9, seed=0)
+  guided = dataclasses.replace(sampling, guidance_scale=_GUIDANCE_SCALE.value)
+  with_cfg, images = synthetic_eval.evaluate_text_to_image(pretrained, captions, guided)
+  without_cfg, _ = synthetic_eval.evaluate_text_to_image(pretrained, captions, sampling)
+  captioning, generated = synthetic_eval.evaluate_captioning(pretrained, examples,
+                                                             DecodingConfig(temperature=0.0))
+  grid_path = os.path.join(workdir, 'samples.png')
+  Image.fromarray(image_grid(images[:16], columns=4)).save(grid_path)
+  with open(os.path.join(workdir, 'samples.json'), 'w', encoding='utf-8') as f:
+    json.dump({'grid': grid_path, 'captions_row_by_row': captions[:16],
+               'decoding': dataclasses.asdict(guided),
+               'generated_captions': [{'truth': c, 'generated': g}
+                                      for c, g in zip(captions[:16], generated[:16])]}, f, indent=2)
+  return {'held_out_examples': len(examples), 'guidance_scale': _GUIDANCE_SCALE.value,
+          'text_to_image_with_cfg': with_cfg, 'text_to_image_without_cfg': without_cfg,
+          'captioning': captioning, 'samples_grid': grid_path}
+
+
 def report(workdir: str, model_dir: str, baseline: float, seconds: float,
-           retrieved_dir: str) -> dict:
+           retrieved_dir: str, judged: dict) -> dict:
   from cm3leon_jax.data.store import DocumentStore  # pylint: disable=g-import-not-at-top
   from cm3leon_jax import training_metrics  # pylint: disable=g-import-not-at-top
   records = training_metrics.read_metrics(os.path.join(model_dir, 'metrics.jsonl'))
@@ -148,7 +185,8 @@ def report(workdir: str, model_dir: str, baseline: float, seconds: float,
              'validation_image_loss': validation[-1]['image_loss'],
              'documents_by_neighbour_count': {
                  split: DocumentStore(os.path.join(retrieved_dir, split)).manifest['retrieval'][
-                     'documents_by_neighbour_count'] for split in ('train', 'validation')}}
+                     'documents_by_neighbour_count'] for split in ('train', 'validation')},
+             'samples': judged}
   with open(os.path.join(workdir, 'report.json'), 'w', encoding='utf-8') as f:
     json.dump(summary, f, indent=2)
   return summary
@@ -163,11 +201,18 @@ def main(argv):
   clip_dir = clip(workdir)
   retrieved_dir = retrieval(store(workdir, text, image, clip_dir), clip_dir)
   model_dir = train(workdir)
+  judged = sample_and_judge(workdir, model_dir)
   summary = report(workdir, model_dir, unigram_baseline(workdir), time.perf_counter() - start,
-                   retrieved_dir)
+                   retrieved_dir, judged)
   print(json.dumps(summary, indent=2))
   print(f"Validation loss {summary['validation_loss']:.3f} vs unigram baseline "
         f"{summary['unigram_baseline']:.3f}; curve: {summary['loss_curve']}")
+  print(f"Samples ({judged['samples_grid']}) show their caption's main object: "
+        f"{judged['text_to_image_with_cfg']['main_object']:.1%} with CFG, "
+        f"{judged['text_to_image_without_cfg']['main_object']:.1%} without, "
+        f"{judged['text_to_image_with_cfg']['chance']:.1%} by chance. Captions name the image's "
+        f"main object: {judged['captioning']['main_object']:.1%} "
+        f"(chance {judged['captioning']['chance']:.1%}).")
 
 
 if __name__ == '__main__':

@@ -32,7 +32,8 @@ import optax
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from cm3leon_jax.data import images as image_io
-from cm3leon_jax.data.synthetic import SyntheticConfig, SyntheticDataset, SyntheticObject
+from cm3leon_jax.data.synthetic import SyntheticConfig, SyntheticDataset
+from cm3leon_jax.evaluation.synthetic_eval import main_object
 from cm3leon_jax.evaluation.synthetic_judge import read_objects
 from cm3leon_jax.interop import hf_clip
 from cm3leon_jax.interop.checkpoint_files import write_checkpoint
@@ -251,11 +252,6 @@ def save(directory: str, config: CLIPConfig, params, logit_scale: float, tokeniz
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-def main_object(objects: Sequence[SyntheticObject]) -> SyntheticObject:
-  """The object a caption is mainly about: its first large object, else its first."""
-  return next((o for o in objects if o.size == 'large'), objects[0])
-
 
 def embed(directory: str, images: np.ndarray, captions: Sequence[str],
           batch_size: int = 250) -> Tuple[np.ndarray, np.ndarray]:

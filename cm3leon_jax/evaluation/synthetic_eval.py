@@ -1,0 +1,107 @@
+"""Judge a model's text-to-image samples and captions on held-out synthetic examples.
+
+The criterion, for both directions, is the caption's main object (its first large object, else its
+first): a generated image passes when the judge finds an object of that shape and colour in it; a
+generated caption passes when its own main object has the shape and colour of the image's. Chance
+is the same rate with the captions shuffled among the examples (a derangement), so it keeps the
+data's mix of shapes and colours.
+"""
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from cm3leon_jax import generation
+from cm3leon_jax.data import synthetic
+from cm3leon_jax.decoding import DecodingConfig
+from cm3leon_jax.evaluation.synthetic_judge import caption_score, parse_caption, read_objects
+from cm3leon_jax.pretrained import Pretrained
+
+# Held-out examples: past the validation split's offset (10M) and its sizes in the quickstart.
+HELD_OUT_START = 15_000_000
+
+
+def main_object(objects: Sequence[synthetic.SyntheticObject]) -> synthetic.SyntheticObject:
+  """The object a caption is mainly about: its first large object, else its first."""
+  return next((o for o in objects if o.size == 'large'), objects[0])
+
+
+def _caption_main(caption: str) -> Optional[Tuple[str, str]]:
+  """(shape, colour) of a caption's main object; None if the caption is not of the grammar."""
+  try:
+    objects = parse_caption(caption).objects
+  except ValueError:
+    return None
+  size, colour, shape = next((o for o in objects if o[0] == 'large'), objects[0])
+  return shape, colour
+
+
+def image_shows_main_object(image: np.ndarray, caption: str) -> bool:
+  """Whether the judge finds the caption's main object (shape and colour) in the image."""
+  wanted = _caption_main(caption)
+  return wanted is not None and wanted in {(o.shape, o.colour) for o in read_objects(image)}
+
+
+def caption_names_main_object(caption: str, objects: Sequence[synthetic.SyntheticObject]) -> bool:
+  """Whether a caption's main object has the shape and colour of the image's main object."""
+  truth = main_object(objects)
+  return _caption_main(caption) == (truth.shape, truth.colour)
+
+
+def derangement(count: int, seed: int = 0) -> np.ndarray:
+  """A permutation of range(count) without fixed points (count >= 2)."""
+  rng = np.random.default_rng(seed)
+  while True:
+    order = rng.permutation(count)
+    if not (order == np.arange(count)).any():
+      return order
+
+
+def held_out_examples(count: int, resolution: int, start: int = HELD_OUT_START):
+  """`count` synthetic examples no split of the quickstart uses."""
+  dataset = synthetic.SyntheticDataset(synthetic.SyntheticConfig(resolution=resolution))
+  return list(dataset.examples(start, count))
+
+
+def text_to_image_rates(images: np.ndarray, captions: Sequence[str]) -> Dict[str, float]:
+  """Main-object rate, chance rate (shuffled captions) and mean caption score of images [P, ...]."""
+  shuffled = [captions[i] for i in derangement(len(captions))]
+  return {'main_object': float(np.mean([image_shows_main_object(i, c)
+                                        for i, c in zip(images, captions)])),
+          'chance': float(np.mean([image_shows_main_object(i, c)
+                                   for i, c in zip(images, shuffled)])),
+          'caption_score': float(np.mean([caption_score(i, c) for i, c in zip(images, captions)]))}
+
+
+def evaluate_text_to_image(pretrained: Pretrained, captions: Sequence[str],
+                           config: DecodingConfig, batch_size: int = 32
+                           ) -> Tuple[Dict[str, float], np.ndarray]:
+  """(rates, uint8 images [P, H, W, 3]): one sample per caption with `config`."""
+  images = []
+  for start in range(0, len(captions), batch_size):
+    batch, _ = generation.text_to_image(pretrained, captions[start:start + batch_size], config)
+    images.append(batch[:, 0])
+  images = np.concatenate(images)
+  return text_to_image_rates(images, captions), images
+
+
+def evaluate_captioning(pretrained: Pretrained, examples, config: DecodingConfig,
+                        batch_size: int = 32) -> Tuple[Dict[str, float], List[str]]:
+  """(rates, generated captions) for synthetic examples' images."""
+  resolution = pretrained.image_tokenizer.config.resolution
+  captions = []
+  for start in range(0, len(examples), batch_size):
+    chunk = examples[start:start + batch_size]
+    pixels = np.stack([e.image for e in chunk])  # uint8; the tokenizer rescales it.
+    if pixels.shape[1] != resolution:
+      raise ValueError(f'Examples are {pixels.shape[1]} px but the tokenizer takes {resolution}.')
+    ids = pretrained.encode_images(pixels)
+    captions += [row[0] for row in generation.caption(pretrained, ids, config)]
+  objects = [e.objects for e in examples]
+  shuffled = [objects[i] for i in derangement(len(objects))]
+  rates = {'main_object': float(np.mean([caption_names_main_object(c, o)
+                                         for c, o in zip(captions, objects)])),
+           'chance': float(np.mean([caption_names_main_object(c, o)
+                                    for c, o in zip(captions, shuffled)])),
+           'parsable': float(np.mean([_caption_main(c) is not None for c in captions]))}
+  return rates, captions

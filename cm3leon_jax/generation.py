@@ -1,0 +1,138 @@
+"""The paper's generation tasks on top of ``decoding.generate`` (SPEC section 5).
+
+  text_to_image   ``[retrieved docs <eos>] caption <break>`` -> N image codes (CFG, CD-K, top-p)
+  caption         ``<sentinel:0> <break> image <infill> <sentinel:0>`` -> caption text <eoss>
+  answer          ``image <break> question`` -> text (VQA-style prompts)
+  infill          ``body with a span masked <infill> <sentinel:0>`` -> that span, text or image
+  rerank          order n samples of a prompt by CLIP similarity to its caption
+
+Each task fills in the decoding settings it needs (modality control, number of new tokens, stop
+tokens) on top of the caller's ``DecodingConfig`` (temperature, top-p, guidance, CD-K, seed).
+"""
+
+import dataclasses
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from cm3leon_jax import objective
+from cm3leon_jax.decoding import DecodingConfig, DecodingError, generate
+from cm3leon_jax.pretrained import Pretrained
+
+def _tokens(pretrained: Pretrained):
+  return objective.CM3Tokens.from_vocabulary(pretrained.vocab)
+
+
+def mask_token(pretrained: Pretrained) -> int:
+  """The token that stands for masked text in the unconditional stream: what the CM3 objective the
+  model trained with put in place of a masked span (<sentinel:0> or <mask>)."""
+  if pretrained.cm3.sentinel_style == 'mask':
+    return pretrained.vocab.mask_id
+  return pretrained.vocab.sentinel_id(0)
+
+
+def text_to_image(pretrained: Pretrained, captions: Sequence[str], config: DecodingConfig,
+                  prefixes: Optional[Sequence[Sequence[int]]] = None
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+  """Images for captions: (uint8 images [P, num_decodes, H, W, 3], image ids [P, num_decodes, N]).
+
+  Args:
+    pretrained: the model, vocabulary and image tokenizer.
+    captions: one text per prompt (not empty).
+    config: sampling settings; guidance_scale turns classifier-free guidance on.
+    prefixes: token ids to put before each prompt, e.g. ``Retriever.prefix_tokens`` of its
+      retrieved documents.
+  """
+  vocab = pretrained.vocab
+  n = pretrained.tokens_per_image
+  prompts = []
+  for i, caption in enumerate(captions):
+    if not caption or not caption.strip():
+      raise DecodingError(f'Caption {i} is empty; text-to-image needs a caption.')
+    prefix = list(prefixes[i]) if prefixes is not None else []
+    prompts.append(prefix + list(vocab.text_vocabulary.encode(caption)) + [vocab.break_id])
+  config = dataclasses.replace(config, max_new_tokens=n, tokens_per_image=n, generate_images=True,
+                               image_open_id=None, image_close_id=None, stop_ids=(),
+                               uncond_mask_id=mask_token(pretrained))
+  samples = generate(pretrained.model, pretrained.params, prompts, config, vocab)
+  ids = samples.tokens[..., :n]
+  images = pretrained.decode_images(ids.reshape(-1, n))
+  return images.reshape(ids.shape[:2] + images.shape[1:]), ids
+
+
+def _text_config(pretrained: Pretrained, config: DecodingConfig,
+                 max_new_tokens: int) -> DecodingConfig:
+  vocab = pretrained.vocab
+  return dataclasses.replace(
+      config, max_new_tokens=max_new_tokens, tokens_per_image=pretrained.tokens_per_image,
+      generate_images=False, stop_ids=(vocab.eoss_id, vocab.eos_id), pad_id=vocab.eos_id,
+      uncond_mask_id=mask_token(pretrained))
+
+
+def _texts(pretrained: Pretrained, tokens: np.ndarray) -> List[List[str]]:
+  """Decoded text of each sample, cut at its first non-text token."""
+  vocab = pretrained.vocab
+  out = []
+  for row in tokens:
+    texts = []
+    for sample in row:
+      stop = np.flatnonzero(sample >= vocab.num_text)
+      texts.append(vocab.text_vocabulary.decode(sample[:stop[0] if stop.size else None].tolist()))
+    out.append(texts)
+  return out
+
+
+def caption(pretrained: Pretrained, image_ids: np.ndarray, config: DecodingConfig,
+            max_new_tokens: int = 32) -> List[List[str]]:
+  """Captions [P][num_decodes] of images given as image token ids [P, N], by CM3 infilling."""
+  prompts = []
+  for ids in np.asarray(image_ids):
+    # A placeholder caption of one text token: the span infilling_prompt masks away.
+    placeholder = pretrained.vocab.text_vocabulary.encode('a')[:1]
+    document = np.concatenate([placeholder, [pretrained.vocab.break_id], ids])
+    prompts.append(objective.infilling_prompt(document, (0, 1), _tokens(pretrained),
+                                              pretrained.cm3))
+  samples = generate(pretrained.model, pretrained.params, prompts,
+                     _text_config(pretrained, config, max_new_tokens), pretrained.vocab)
+  return _texts(pretrained, samples.tokens)
+
+
+def answer(pretrained: Pretrained, image_ids: np.ndarray, questions: Sequence[str],
+           config: DecodingConfig, max_new_tokens: int = 16) -> List[List[str]]:
+  """Text continuations of ``image <break> question`` prompts (VQA-style), [P][num_decodes]."""
+  vocab = pretrained.vocab
+  prompts = [list(ids) + [vocab.break_id] + list(vocab.text_vocabulary.encode(question))
+             for ids, question in zip(np.asarray(image_ids).tolist(), questions)]
+  samples = generate(pretrained.model, pretrained.params, prompts,
+                     _text_config(pretrained, config, max_new_tokens), vocab)
+  return _texts(pretrained, samples.tokens)
+
+
+def infill(pretrained: Pretrained, document: Sequence[int], span: Tuple[int, int],
+           config: DecodingConfig, max_text_tokens: int = 32) -> np.ndarray:
+  """New tokens for ``document[start:end]`` (a text run or a whole image), [num_decodes, T].
+
+  An image span gets exactly N image codes; a text span gets text until <eoss>.
+  """
+  document = np.asarray(document, np.int32)
+  prompt = objective.infilling_prompt(document, span, _tokens(pretrained), pretrained.cm3)
+  vocab = pretrained.vocab
+  if vocab.is_image(document[span[0]:span[1]]).any():
+    n = pretrained.tokens_per_image
+    sentinel = int(prompt[-1])
+    config = dataclasses.replace(config, max_new_tokens=n, tokens_per_image=n,
+                                 generate_images=True, image_open_id=sentinel,
+                                 image_close_id=vocab.eoss_id, stop_ids=(),
+                                 uncond_mask_id=mask_token(pretrained))
+  else:
+    config = _text_config(pretrained, config, max_text_tokens)
+  samples = generate(pretrained.model, pretrained.params, [prompt], config, vocab)
+  return samples.tokens[0]
+
+
+def rerank(encoder, images: np.ndarray, caption_text: str) -> np.ndarray:
+  """Indices of `images` (uint8 [n, H, W, 3], samples of one prompt) by decreasing CLIP
+  similarity to `caption_text` (the paper keeps the best of 8)."""
+  image_embeddings = encoder.embed_images(list(images))
+  text_embedding = encoder.embed_texts([caption_text])[0]
+  return np.argsort(-(image_embeddings @ text_embedding), kind='stable')

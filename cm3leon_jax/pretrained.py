@@ -1,0 +1,149 @@
+"""A trained model as samplers need it: decoder, parameters, vocabulary and image tokenizer.
+
+A training run writes ``<model_dir>/model.json`` (and a copy of the text vocabulary) when it
+starts, so that its folder alone is enough to sample from::
+
+  model.json   {"model_config": {...DecoderConfig...},
+                "vocabulary": {"text_vocabulary": "text_vocabulary.model", "num_image_codes": ...,
+                               "num_sentinels": ..., "pad_to_multiple": ...},
+                "image_tokenizer": "/path/to/tokenizer" or null,
+                "cm3": {...CM3Config of the training task...}}
+
+``Pretrained.load(model_dir)`` restores the newest checkpoint's parameters (not the optimizer).
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any, Dict, Optional
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from cm3leon_jax import checkpoints, objective
+from cm3leon_jax.models.config import DecoderConfig
+from cm3leon_jax.models.decoder import Decoder, init_params
+from cm3leon_jax.vocab import MultimodalVocabulary
+
+MODEL_FILE = 'model.json'
+
+
+class PretrainedError(ValueError):
+  """A folder that cannot be sampled from; the message names what is missing and the fix."""
+
+
+def text_vocabulary_path(vocab: MultimodalVocabulary) -> str:
+  """The file behind the text part of `vocab` (SentencePiece .model or tokenizers .json)."""
+  text = vocab.text_vocabulary
+  path = getattr(text, 'sentencepiece_model_file', None) or getattr(text, 'path', None)
+  if not path:
+    raise PretrainedError(f'Cannot tell which file the text vocabulary {text!r} came from.')
+  return path
+
+
+def write_model_files(model_dir: str, model_config: DecoderConfig, vocab: MultimodalVocabulary,
+                      image_tokenizer: Optional[str], cm3: objective.CM3Config) -> str:
+  """Write model.json and the text vocabulary into `model_dir`; returns model.json's path."""
+  os.makedirs(model_dir, exist_ok=True)
+  source = text_vocabulary_path(vocab)
+  name = 'text_vocabulary' + (os.path.splitext(source)[1] or '.model')
+  if os.path.abspath(source) != os.path.abspath(os.path.join(model_dir, name)):
+    shutil.copyfile(source, os.path.join(model_dir, name))
+  spec = {'model_config': dataclasses.asdict(model_config),
+          'vocabulary': {'text_vocabulary': name, 'num_image_codes': vocab.num_image_codes,
+                         'num_sentinels': len(vocab.special_names) - 4,
+                         'vocab_size': vocab.vocab_size},
+          'image_tokenizer': image_tokenizer, 'cm3': dataclasses.asdict(cm3)}
+  path = os.path.join(model_dir, MODEL_FILE)
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(spec, f, indent=2, sort_keys=True)
+  return path
+
+
+def _decoder_config(fields: Dict[str, Any]) -> DecoderConfig:
+  tuples = {k: tuple(v) for k, v in fields.items() if isinstance(v, list)}
+  return DecoderConfig(**{**fields, **tuples})
+
+
+@dataclasses.dataclass
+class Pretrained:
+  """Everything sampling needs, loaded."""
+
+  model: Decoder
+  params: Any
+  vocab: MultimodalVocabulary
+  cm3: objective.CM3Config
+  image_tokenizer_path: Optional[str]
+  model_dir: str
+  _image_tokenizer: Any = None
+
+  @classmethod
+  def load(cls, model_dir: str, image_tokenizer: Optional[str] = None) -> 'Pretrained':
+    """The newest checkpoint of a training run (or one step's checkpoint folder in it).
+
+    Args:
+      model_dir: the run's MODEL_DIR.
+      image_tokenizer: an ImageTokenizer folder overriding the one model.json names.
+    """
+    spec_path = os.path.join(model_dir, MODEL_FILE)
+    if not os.path.exists(spec_path):
+      raise PretrainedError(f'{model_dir} has no {MODEL_FILE}: it is not a training run folder of '
+                            'this version (python -m cm3leon_jax.train writes it).')
+    with open(spec_path, encoding='utf-8') as f:
+      spec = json.load(f)
+    model = Decoder(_decoder_config(spec['model_config']))
+    shapes = jax.eval_shape(lambda: nn.meta.unbox(init_params(model, jax.random.key(0))))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                            shapes)
+    params = checkpoints.load_params(model_dir, abstract)
+    vocab = _vocabulary(model_dir, spec['vocabulary'])
+    cm3 = objective.CM3Config(**spec.get('cm3', {}))
+    return cls(model, params, vocab, cm3, image_tokenizer or spec.get('image_tokenizer'),
+               model_dir)
+
+  @property
+  def image_tokenizer(self):
+    """The ImageTokenizer (loaded on first use); PretrainedError when the run names none."""
+    if self._image_tokenizer is None:
+      path = self.image_tokenizer_path
+      if not path or not os.path.exists(path):
+        raise PretrainedError(
+            f'{self.model_dir} names no image tokenizer that exists ({path!r}); images cannot be '
+            'encoded or decoded. Give the tokenizer folder (e.g. --image_tokenizer=...).')
+      from cm3leon_jax.image_tokenizer import ImageTokenizer  # pylint: disable=g-import-not-at-top
+      self._image_tokenizer = ImageTokenizer.load(path)
+    return self._image_tokenizer
+
+  @property
+  def tokens_per_image(self) -> int:
+    config = self.image_tokenizer.config
+    return (config.resolution // config.downsample_factor) ** 2
+
+  def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+    """Image token ids [B, N] of images [B, H, W, 3] (uint8, or float in [-1, 1]) at the
+    tokenizer's resolution."""
+    codes = np.asarray(self.image_tokenizer.encode(pixels)).reshape(len(pixels), -1)
+    return self.vocab.image_ids(codes)
+
+  def decode_images(self, image_ids: np.ndarray) -> np.ndarray:
+    """uint8 images [B, H, W, 3] of image token ids [B, N]."""
+    from cm3leon_jax.data.images import postprocess  # pylint: disable=g-import-not-at-top
+    codes = self.vocab.image_codes(np.asarray(image_ids))
+    side = int(round(codes.shape[1] ** 0.5))
+    return postprocess(np.asarray(self.image_tokenizer.decode(codes.reshape(-1, side, side))))
+
+
+def _vocabulary(model_dir: str, spec: Dict[str, Any]) -> MultimodalVocabulary:
+  from cm3leon_jax.data.store import text_vocabulary  # pylint: disable=g-import-not-at-top
+  path = os.path.join(model_dir, spec['text_vocabulary'])
+  if not os.path.exists(path):
+    raise PretrainedError(f'{model_dir} lacks its text vocabulary {spec["text_vocabulary"]}.')
+  vocab = MultimodalVocabulary(text_vocabulary(path), spec['num_image_codes'],
+                               spec['num_sentinels'])
+  if vocab.vocab_size != spec['vocab_size']:
+    raise PretrainedError(f'{path} gives {vocab.vocab_size} ids, but the run trained with '
+                          f'{spec["vocab_size"]}; the vocabulary file was changed.')
+  return vocab

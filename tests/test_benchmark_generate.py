@@ -29,3 +29,14 @@ def test_generate_benchmark_prints_a_result_line():
   assert ratio == pytest.approx(ours / peer, rel=1e-2)
   assert agree == 1.0  # Same weights, greedy: the same tokens, or the speeds are not comparable.
   assert '| new tokens/s |' in out and '| per-token time (ms) |' in out
+
+
+def test_cfg_image_rate_runs_the_gpu_7b_measurement_on_a_tiny_model():
+  sys.path.insert(0, os.path.join(ROOT, 'tools'))
+  import benchmark_generate  # pylint: disable=g-import-not-at-top
+  fields = benchmark_generate.hf_sizes(1, 64, 2, 96, 256, 128)
+  rate = benchmark_generate.cfg_image_rate(fields, 'float32', images=2, tokens_per_image=16,
+                                           repeats=1, bandwidth_mib=8, scan_layers=False)
+  assert rate['codes_ok']  # Modality control gave every sample one whole image.
+  assert rate['ours'] > 0 and rate['floor'] > 0
+  assert rate['ratio'] == pytest.approx(rate['floor'] / rate['ours'])

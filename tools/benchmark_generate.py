@@ -14,9 +14,14 @@ In one run, on this machine's CPUs:
   time is the difference of two generate calls (N and 2N new tokens) divided by N, which removes
   the prefill and the call overhead; the bandwidth is the best of a few large reductions and
   matrix-vector products over --floor_bandwidth_mib of memory.
+* --gpu_7b (on a GPU, instead of the above): images/s of text-to-image sampling with CFG on
+  CM3Leon-7B-shaped random bfloat16 weights, against the same kind of floor.
 
-The issue's aim is ours >= 5x the peer's tokens/s. TensorFlow is never imported here (it crashes
-torch in the same process).
+The issue's aim is ours >= 5x the peer's tokens/s. Measured on the shared 2-core CPU (jaxlib
+0.10): XLA:CPU runs our decoder's [2, d] @ [d, n] products (kernels stored [in, out]) at about
+half the bandwidth of the [n, d] @ [d, 2] layout torch's Linear uses, which bounds our per-step
+time once the weights leave the cache. TensorFlow is never imported here (it crashes torch in the
+same process).
 """
 
 import os
@@ -46,6 +51,9 @@ flags.DEFINE_integer('generate_new_tokens', 64, 'generate: greedy tokens generat
 flags.DEFINE_integer('generate_repeats', 5, 'generate: timed calls per side (median reported).')
 flags.DEFINE_enum('generate_peer_attn', 'sdpa', ['sdpa', 'eager'],
                   "generate: the peer's attn_implementation.")
+# Unrolled layers decode faster on XLA:CPU: on the floor model a step took ~54 ms unrolled against
+# ~82 ms with nn.scan (where each iteration slices its layer out of the stacked weights).
+flags.DEFINE_bool('generate_scan_layers', False, 'generate: stack our blocks with nn.scan.')
 flags.DEFINE_integer('floor_layers', 6, 'generate: blocks of the bandwidth-floor model.')
 flags.DEFINE_integer('floor_hidden', 1024, 'generate: width of the bandwidth-floor model.')
 flags.DEFINE_integer('floor_heads', 16, 'generate: heads of the bandwidth-floor model.')
@@ -54,7 +62,15 @@ flags.DEFINE_integer('floor_vocab', 8192, 'generate: vocabulary of the bandwidth
 flags.DEFINE_integer('floor_new_tokens', 32,
                      'generate: N; the floor model generates N and 2N tokens (time difference / N).')
 flags.DEFINE_integer('floor_bandwidth_mib', 1024, 'generate: MiB read per bandwidth measurement.')
+flags.DEFINE_bool('gpu_7b', False,
+                  'generate: instead, images/s with CFG of CM3Leon-7B-shaped random bfloat16 '
+                  'weights on the GPU against its bandwidth floor.')
+flags.DEFINE_integer('gpu_images', 8, 'generate --gpu_7b: images per call (2 CFG streams each).')
+flags.DEFINE_integer('gpu_tokens_per_image', 1024, 'generate --gpu_7b: codes per image.')
 FLAGS = flags.FLAGS
+
+# CM3Leon-7B's decoder in Chameleon's block (transformers' ChameleonConfig defaults, 7B).
+CHAMELEON_7B = dict(layers=32, hidden=4096, heads=32, mlp=11008, vocab=65536)
 
 
 def median_seconds(step, repeats: int) -> float:
@@ -68,10 +84,24 @@ def median_seconds(step, repeats: int) -> float:
   return statistics.median(times)
 
 
+def alternating_medians(steps_by_name, repeats: int) -> dict:
+  """Median wall time of each named step, timed in turn (a, b, a, b, ...) after one warm-up call
+  each, so background load on this shared machine hits both sides alike."""
+  for step in steps_by_name.values():
+    step()
+  times = {name: [] for name in steps_by_name}
+  for _ in range(repeats):
+    for name, step in steps_by_name.items():
+      start = time.perf_counter()
+      step()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(values) for name, values in times.items()}
+
+
 def hf_sizes(layers, hidden, heads, mlp, vocab, max_length) -> dict:
   """ChameleonConfig fields of a text-only Chameleon of this shape (nothing masked as image)."""
-  return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
-              num_attention_heads=heads, num_key_value_heads=heads,
+  return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=mlp,
+              num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
               max_position_embeddings=max_length,
               rope_parameters={'rope_type': 'default', 'rope_theta': 10000.0},
               vq_config=hf_chameleon.PLACEHOLDER_VQ_CONFIG, vocabulary_map={})
@@ -80,7 +110,8 @@ def hf_sizes(layers, hidden, heads, mlp, vocab, max_length) -> dict:
 def peer_and_ours(fields: dict, attn_impl: str, directory: str):
   """(transformers model, our Decoder, our params on device) with the same random weights."""
   import torch  # pylint: disable=g-import-not-at-top
-  from transformers import ChameleonConfig, ChameleonForConditionalGeneration  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from transformers import ChameleonConfig, ChameleonForConditionalGeneration
   torch.manual_seed(0)
   peer = ChameleonForConditionalGeneration(
       ChameleonConfig(**fields, attn_implementation=attn_impl)).eval()
@@ -89,7 +120,8 @@ def peer_and_ours(fields: dict, attn_impl: str, directory: str):
   peer.generation_config.eos_token_id = None
   peer.generation_config.pad_token_id = 0
   peer.save_pretrained(directory)
-  config, params = interop.load_chameleon(directory, dtype='float32')
+  config, params = interop.load_chameleon(directory, dtype='float32',
+                                         scan_layers=FLAGS.generate_scan_layers)
   return peer, Decoder(config), jax.device_put(params)
 
 
@@ -133,8 +165,8 @@ def compare_with_peer(threads: int) -> dict:
   ours_step = our_generate_step(model, params, prompts, new)
   peer_step = peer_generate_step(peer, prompts, new)
   agree = float(np.mean(ours_step() == peer_step()))
-  ours_s = median_seconds(ours_step, FLAGS.generate_repeats)
-  peer_s = median_seconds(peer_step, FLAGS.generate_repeats)
+  seconds = alternating_medians({'ours': ours_step, 'peer': peer_step}, FLAGS.generate_repeats)
+  ours_s, peer_s = seconds['ours'], seconds['peer']
   return dict(ours_s=ours_s, peer_s=peer_s, ours=new * batch / ours_s, peer=new * batch / peer_s,
               agree=agree, params=param_count(params), threads=threads, load=load)
 
@@ -150,21 +182,32 @@ def streamed_bytes(params) -> int:
   return total - params['embed']['token'].nbytes
 
 
-def memory_bandwidth(mib: int) -> dict:
-  """Read bandwidth (bytes/s) of a few memory-bound kernels over `mib` MiB of float32."""
+def random_model(fields: dict, dtype: str, scan_layers: bool):
+  """(our Decoder, random params on device) in the shape a Chameleon config.json of `fields`
+  loads as; speed does not depend on the values, so our own init stands in for weights."""
+  config = hf_chameleon.config_from_hf(fields, dtype=dtype, param_dtype=dtype,
+                                       scan_layers=scan_layers)
+  model = Decoder(config)
+  return model, jax.jit(lambda key: nn.meta.unbox(init_params(model, key)))(jax.random.key(0))
+
+
+def memory_bandwidth(mib: int, host: bool = True) -> dict:
+  """Read bandwidth (bytes/s) of a few memory-bound kernels over `mib` MiB of float32 (with
+  `host`, numpy's too; jax's run on the default device)."""
   count = mib * 2**20 // 4
-  host = np.ones(count, np.float32)
-  device = jnp.asarray(host)
-  matrix = device.reshape(-1, 1024)
-  vectors = jnp.ones((1024, 2), jnp.float32)
+  device = jnp.ones(count, jnp.float32)
+  tall, wide = device.reshape(-1, 1024), device.reshape(1024, -1)
+  columns, rows = jnp.ones((1024, 2), jnp.float32), jnp.ones((2, 1024), jnp.float32)
   total = jax.jit(jnp.sum)
   matvec = jax.jit(jnp.matmul)
-  kernels = {
-      'numpy sum': host.sum,
+  kernels = {'numpy sum': np.asarray(device).sum} if host else {}
+  kernels |= {
       'jax sum': lambda: total(device).block_until_ready(),
-      'jax [n, 1024] @ [1024, 2]': lambda: matvec(matrix, vectors).block_until_ready(),
+      'jax [n, 1024] @ [1024, 2]': lambda: matvec(tall, columns).block_until_ready(),
+      # Our decoder's layout (kernels [in, out]); XLA:CPU streamed it at about half the rate above.
+      'jax [2, 1024] @ [1024, n]': lambda: matvec(rows, wide).block_until_ready(),
   }
-  return {name: host.nbytes / median_seconds(step, 5) for name, step in kernels.items()}
+  return {name: count * 4 / median_seconds(step, 5) for name, step in kernels.items()}
 
 
 def bandwidth_floor() -> dict:
@@ -172,11 +215,7 @@ def bandwidth_floor() -> dict:
   n, batch = FLAGS.floor_new_tokens, FLAGS.generate_batch
   fields = hf_sizes(FLAGS.floor_layers, FLAGS.floor_hidden, FLAGS.floor_heads, FLAGS.floor_mlp,
                     FLAGS.floor_vocab, FLAGS.generate_prompt + 2 * n + 16)
-  # Built from our own init (speed does not depend on the values), in the shape the peer's
-  # config.json would load as.
-  config = hf_chameleon.config_from_hf(fields, dtype='float32')
-  model = Decoder(config)
-  params = jax.jit(lambda key: nn.meta.unbox(init_params(model, key)))(jax.random.key(0))
+  model, params = random_model(fields, 'float32', FLAGS.generate_scan_layers)
   prompts = random_prompts(batch, FLAGS.generate_prompt, FLAGS.floor_vocab)
   short = median_seconds(our_generate_step(model, params, prompts, n), FLAGS.generate_repeats)
   long = median_seconds(our_generate_step(model, params, prompts, 2 * n), FLAGS.generate_repeats)
@@ -187,6 +226,85 @@ def bandwidth_floor() -> dict:
   return dict(per_token=per_token, floor=floor, ratio=per_token / floor, bandwidth=bandwidth,
               bandwidths=bandwidths, params=param_count(params), bytes=streamed_bytes(params),
               short=short, long=long)
+
+
+class ImageVocabulary:
+  """The ids `generate` needs for CFG and modality control, in a vocabulary of `size` ids: text
+  first, then <mask> and <break>, image codes last. No tokenizer is loaded (speed does not depend
+  on what the ids mean, and seqio's vocabularies import TensorFlow, which crashes torch)."""
+
+  def __init__(self, size: int, num_image_codes: int):
+    self.vocab_size, self.num_image_codes = size, num_image_codes
+    self.first_image_id = size - num_image_codes
+    self.num_text = self.first_image_id - 2
+    self.mask_id, self.break_id = self.num_text, self.num_text + 1
+
+  def is_image(self, token: int) -> bool:
+    return self.first_image_id <= token < self.vocab_size
+
+
+def cfg_image_rate(fields: dict, dtype: str, images: int, tokens_per_image: int, repeats: int,
+                   bandwidth_mib: int, scan_layers: bool) -> dict:
+  """Text-to-image sampling with CFG (scale 3, top-p 0.9) on the default device: images/s of ours
+  and of the bandwidth floor (every decode step streams all weights but the embedding table)."""
+  model, params = random_model(fields, dtype, scan_layers)
+  vocab = ImageVocabulary(fields['vocab_size'], min(8192, fields['vocab_size'] // 2))
+  text = random_prompts(images, 31, vocab.num_text)  # Ids from 4 up, all text.
+  prompts = [row.tolist() + [vocab.break_id] for row in text]  # <break> opens the image.
+  config = DecodingConfig(max_new_tokens=tokens_per_image + 1, temperature=1.0, top_p=0.9,
+                          guidance_scale=3.0, tokens_per_image=tokens_per_image)
+  samples = []
+  seconds = median_seconds(lambda: samples.append(decoding.generate(model, params, prompts,
+                                                                     config, vocab)), repeats)
+  codes = np.vectorize(vocab.is_image)(samples[-1].tokens).sum(-1)
+  bandwidths = memory_bandwidth(bandwidth_mib, host=False)
+  bandwidth = max(bandwidths.values())
+  floor_s = config.max_new_tokens * streamed_bytes(params) / bandwidth
+  return dict(ours=images / seconds, floor=images / floor_s, ratio=seconds / floor_s,
+              seconds=seconds, floor_s=floor_s, bandwidths=bandwidths, bandwidth=bandwidth,
+              params=param_count(params), bytes=streamed_bytes(params),
+              codes_ok=bool((codes == tokens_per_image).all()))
+
+
+def gpu_7b_benchmark() -> str:
+  """--gpu_7b: images/s with CFG of CM3Leon-7B-shaped bfloat16 weights against the floor."""
+  device = jax.devices()[0]
+  if device.platform != 'gpu':
+    raise ValueError(f"--gpu_7b needs a GPU; jax's first device is {device}.")
+  shape = CHAMELEON_7B
+  fields = hf_sizes(**{k: shape[k] for k in shape}, max_length=4096)
+  r = cfg_image_rate(fields, 'bfloat16', FLAGS.gpu_images, FLAGS.gpu_tokens_per_image,
+                     FLAGS.generate_repeats, FLAGS.floor_bandwidth_mib, FLAGS.generate_scan_layers)
+  lines = [
+      f'## generate --gpu_7b: text-to-image with CFG (2 streams per image), bfloat16, {device}',
+      '',
+      f'model: Chameleon, {shape} ({r["params"] / 1e9:.2f} B params, '
+      f'{r["bytes"] / 2**30:.1f} GiB streamed per step); {FLAGS.gpu_images} images of '
+      f'{FLAGS.gpu_tokens_per_image} codes per call; every sample has exactly that many codes: '
+      f'{r["codes_ok"]}; median of {FLAGS.generate_repeats} warm calls; jax {jax.__version__}',
+      '',
+      '| memory-bound kernel | GB/s |',
+      '|---|---|',
+      *[f'| {name} | {rate / 1e9:.1f} |' for name, rate in r['bandwidths'].items()],
+      '',
+      '| | seconds per call | images/s |',
+      '|---|---|---|',
+      f'| ours | {r["seconds"]:.2f} | {r["ours"]:.3f} |',
+      f'| bandwidth floor | {r["floor_s"]:.2f} | {r["floor"]:.3f} |',
+  ]
+  print('\n'.join(lines))
+  return (f'RESULT generate ours={r["ours"]:.4f} floor={r["floor"]:.4f} unit=images/s '
+          f'floor_ratio={r["ratio"]:.3f} bandwidth_gbs={r["bandwidth"] / 1e9:.1f}')
+
+
+def load_warning(load: float, threads: int) -> list:
+  """A warning line when other processes compete for the cores of a multi-threaded run."""
+  if threads == 1 or load + threads <= os.cpu_count() + 0.5:
+    return []
+  return [f"WARNING: load average {load:.1f} with {threads} threads per side: torch's OpenMP "
+          'threads slow down sharply when other processes compete for the cores (on this shared '
+          '2-core machine the 2-thread peer ran ~17x slower than with --threads=1), so the ratio '
+          'flatters ours; compare with --threads=1 or on an idle machine.']
 
 
 def generate_table(same: dict, floor: dict) -> str:
@@ -205,8 +323,8 @@ def generate_table(same: dict, floor: dict) -> str:
       f'(attn_implementation={FLAGS.generate_peer_attn}), torch {torch.__version__}; ours: '
       f'cm3leon_jax.decoding.generate, jax {jax.__version__}; same weights',
       f'the new tokens agree on {same["agree"]:.2%} of positions',
-      f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; load average before: {same["load"]:.2f} '
-      "(torch's threads slow down sharply when other processes compete for the cores)",
+      f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; load average before: {same["load"]:.2f}',
+      *load_warning(same['load'], same['threads']),
       '',
       '| metric | ours (cm3leon_jax) | peer (transformers) | ours/peer |',
       '|---|---|---|---|',
@@ -239,6 +357,8 @@ def generate_table(same: dict, floor: dict) -> str:
 
 def generate_benchmark() -> str:
   """Our generate against transformers' Chameleon generate, and the bandwidth floor; RESULT line."""
+  if FLAGS.gpu_7b:
+    return gpu_7b_benchmark()
   import torch  # pylint: disable=g-import-not-at-top
   threads = len(os.sched_getaffinity(0))  # The CPUs XLA sizes its pool from; torch gets as many.
   torch.set_num_threads(threads)

@@ -60,7 +60,7 @@ flags.DEFINE_integer('floor_heads', 16, 'generate: heads of the bandwidth-floor 
 flags.DEFINE_integer('floor_mlp', 2752, 'generate: SwiGLU width of the bandwidth-floor model.')
 flags.DEFINE_integer('floor_vocab', 8192, 'generate: vocabulary of the bandwidth-floor model.')
 flags.DEFINE_integer('floor_new_tokens', 32,
-                     'generate: N; the floor model generates N and 2N tokens (time difference / N).')
+                     'generate: N; the floor model generates N and 2N tokens (time diff. / N).')
 flags.DEFINE_integer('floor_bandwidth_mib', 1024, 'generate: MiB read per bandwidth measurement.')
 flags.DEFINE_bool('gpu_7b', False,
                   'generate: instead, images/s with CFG of CM3Leon-7B-shaped random bfloat16 '
@@ -338,7 +338,8 @@ def generate_table(same: dict, floor: dict) -> str:
       f'({floor["params"] / 1e6:.1f} M params, {floor["bytes"] / 2**20:.0f} MiB streamed per '
       f'step: all float32 weights but the embedding table), batch={batch}',
       '',
-      f'per token (one decode step: {batch} tokens) = (time of {2 * FLAGS.floor_new_tokens} new tokens {floor["long"]:.3f} s - '
+      f'per token (one decode step: {batch} tokens) = (time of {2 * FLAGS.floor_new_tokens} new '
+      f'tokens {floor["long"]:.3f} s - '
       f'time of {FLAGS.floor_new_tokens} {floor["short"]:.3f} s) / {FLAGS.floor_new_tokens}; '
       'floor = streamed bytes / the best measured bandwidth',
       '',

@@ -27,6 +27,7 @@ import numpy as np
 from cm3leon_jax import checkpoints, flops, gin_utils, objective, partitioning, pretrained
 from cm3leon_jax import optimizer as optimizer_lib
 from cm3leon_jax import train_state as state_lib
+from cm3leon_jax import training_samples
 from cm3leon_jax.data import input_pipeline
 from cm3leon_jax.models.config import DecoderConfig
 from cm3leon_jax.models.decoder import Decoder
@@ -98,7 +99,7 @@ def _write_model_files(model_dir, model_config, mixture_or_task_name, vocab):
   info = stores.task_store_info(mixture_or_task_name)
   image_tokenizer, cm3 = None, objective.CM3Config()
   if info is not None:
-    image_tokenizer = info[0].manifest['image_tokenizer']['path']
+    image_tokenizer = next(iter(info[0].values())).manifest['image_tokenizer']['path']
     cm3 = info[1].cm3
   pretrained.write_model_files(model_dir, model_config, vocab, image_tokenizer, cm3)
 
@@ -126,7 +127,8 @@ def train(model_dir: str,
           use_cached_tasks: bool = False,
           data_shards: Optional[int] = None,
           num_devices: Optional[int] = None,
-          async_checkpoints: bool = True) -> Dict[str, float]:
+          async_checkpoints: bool = True,
+          sample_images: int = 0) -> Dict[str, float]:
   """Train until `train_steps` (resuming from MODEL_DIR); returns the last validation metrics.
 
   Args:
@@ -149,6 +151,9 @@ def train(model_dir: str,
     data_shards: seqio shards the data is read in (default: one per process).
     num_devices: use only the first devices (tests; default all).
     async_checkpoints: write checkpoints in the background.
+    sample_images: at each evaluation, draw this many images from the evaluation split's first
+      captions (CFG 3, top-p 0.9) into a grid in TensorBoard and <model_dir>/images/ (0: off;
+      single-process runs of store tasks only).
   """
   os.makedirs(model_dir, exist_ok=True)
   _write_gin_config(model_dir, 'config.gin', gin.config_str())
@@ -192,6 +197,9 @@ def train(model_dir: str,
   peak = flops.peak_flops_per_device(jax.devices()[0])
   flops_per_token = flops.training_flops_per_token(model_config, length)
   preemption = checkpoints.PreemptionFlag()
+  samples = (training_samples.TrainingSamples.for_task(
+      model, vocab, mixture_or_task_name, eval_split, sample_images, model_dir)
+             if jax.process_count() == 1 else None)
 
   eval_metrics, window_start, window_steps = {}, time.perf_counter(), 0
   for step in range(start, train_steps):
@@ -213,6 +221,8 @@ def train(model_dir: str,
     if done % eval_every == 0 or done == train_steps:
       eval_metrics = evaluate(eval_step, state.params, eval_data, batch_sharding, eval_batches)
       logger.write(done, eval_metrics, split='validation')
+      if samples is not None:
+        logger.write_images(done, 'samples', samples(state.params))
     if checkpointer.should_save(done) or preemption.is_set() or done == train_steps:
       _check_finite(done, {'loss': float(metrics['loss'])})
       checkpointer.save(done, state, train_iterator, force=True)

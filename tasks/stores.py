@@ -12,7 +12,7 @@ draws new masks.
 
 import functools
 import os
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import gin
 import seqio
@@ -27,8 +27,9 @@ from cm3leon_jax.data import store as store_lib
 _TASK_STORES = {}
 
 
-def task_store_info(name: str) -> Optional[Tuple[store_lib.DocumentStore, assembly.AssemblyConfig]]:
-  """(one store split, assembly config) of a registered store task, or of a mixture's first
+def task_store_info(name: str) -> Optional[Tuple[Dict[str, store_lib.DocumentStore],
+                                                  assembly.AssemblyConfig]]:
+  """({split: store}, assembly config) of a registered store task, or of a mixture's first
   store task; None for tasks that do not read a document store."""
   if name in _TASK_STORES:
     return _TASK_STORES[name]
@@ -87,7 +88,7 @@ def register_store_task(name: str, store_dir: str,
       'targets': seqio.Feature(vocabulary, add_eos=False),
       'loss_weights': seqio.Feature(seqio.PassThroughVocabulary(2), add_eos=False),
   }
-  _TASK_STORES[name] = (next(iter(stores.values())), assembly_config)
+  _TASK_STORES[name] = (stores, assembly_config)
   seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors,
                                 output_features=output_features,

@@ -18,7 +18,8 @@ import data_helpers
 from data_helpers import run_tool
 from cm3leon_jax import checkpoints, gin_utils
 from cm3leon_jax import train as train_lib
-from cm3leon_jax.data import preprocess
+from cm3leon_jax.data import input_pipeline, preprocess
+from cm3leon_jax.pretrained import Pretrained
 from cm3leon_jax.data.sources import SyntheticSource
 from cm3leon_jax.training_metrics import read_metrics
 import tasks
@@ -101,6 +102,21 @@ def test_a_run_writes_metrics_checkpoints_and_its_gin_config(data_dir, gin_file,
   assert 'train.train' in (tmp_path / 'config.gin').read_text()
   assert 'DecoderConfig' in (tmp_path / 'operative_config.gin').read_text()
   assert list((tmp_path / 'tensorboard' / 'train').iterdir())
+
+
+def test_sample_grids_and_a_loadable_model_folder(data_dir, gin_file, tmp_path):
+  run_in_process(gin_file, tmp_path, 'train.train.train_steps=10',
+                 'train.train.sample_images=3')
+  with Image.open(tmp_path / 'images' / 'samples_000010.png') as grid:
+    assert grid.size == (2 * 34 + 2, 2 * 34 + 2)  # Three 32-px images in 2 x 2 cells.
+  loaded = Pretrained.load(str(tmp_path))  # model.json, the vocabulary copy and the checkpoint.
+  saved = checkpoints.load_params(str(tmp_path), jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), loaded.params))
+  jax.tree.map(np.testing.assert_array_equal, loaded.params, saved)
+  trained_with = input_pipeline.vocabulary('cm3leon_synthetic')  # Equal ids from the copied file:
+  assert loaded.vocab.vocab_size == trained_with.vocab_size
+  assert loaded.vocab.encode('a red circle') == trained_with.encode('a red circle')
+  assert loaded.tokens_per_image == 16
 
 
 def test_sharded_run_gives_the_single_device_loss_curve(data_dir, gin_file, tmp_path):

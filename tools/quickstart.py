@@ -19,6 +19,7 @@ Stages (each is skipped when its output already exists, so running again resumes
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -46,6 +47,32 @@ _GIN_BINDINGS = flags.DEFINE_multi_string('gin_bindings', [],
                                           'Extra bindings for the training run.')
 _BASELINE_BATCHES = flags.DEFINE_integer('baseline_batches', 100,
                                          'Training batches counted for the unigram baseline.')
+
+
+# Bumped when the stages change what they write: a workdir from another version is cleared of
+# stage outputs (only those) rather than resumed into a mix of old and new.
+VERSION = 2
+_STAGE_OUTPUTS = ('data', 'image_tokenizer', 'clip', 'model', 'report.json', 'loss_curve.png',
+                  'samples.png', 'samples.json')
+
+
+def prepare_workdir(workdir: str) -> None:
+  """Create `workdir`, or clear the stage outputs of an older quickstart version from it."""
+  stamp = os.path.join(workdir, 'quickstart_version')
+  previous = open(stamp, encoding='utf-8').read().strip() if os.path.exists(stamp) else None
+  stale = [n for n in _STAGE_OUTPUTS if os.path.exists(os.path.join(workdir, n))]
+  if stale and previous != str(VERSION):
+    logging.warning('%s holds outputs of quickstart version %s, not %d; removing %s.', workdir,
+                    previous or '1', VERSION, stale)
+    for name in stale:
+      path = os.path.join(workdir, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
+  os.makedirs(workdir, exist_ok=True)
+  with open(stamp, 'w', encoding='utf-8') as f:
+    f.write(str(VERSION))
 
 
 def _run(args, env=None):
@@ -196,6 +223,7 @@ def main(argv):
   del argv
   start = time.perf_counter()
   workdir = os.path.abspath(_WORKDIR.value)
+  prepare_workdir(workdir)
   text = text_vocabulary(workdir)
   image = image_tokenizer(workdir)
   clip_dir = clip(workdir)

@@ -135,6 +135,14 @@ def cd_k_scores(expert: jax.Array, amateur: jax.Array, alpha: float, k: int) -> 
   return jnp.where(candidates, log_expert - log_amateur, -jnp.inf)
 
 
+def break_ties(scores: jax.Array, tie_breaker: jax.Array) -> jax.Array:
+  """Scores [rows, V] with one finite entry per row: among the entries tied for the row's best
+  score, the one with the largest `tie_breaker`."""
+  best = scores >= jnp.max(scores, axis=-1, keepdims=True)
+  winner = jnp.argmax(jnp.where(best, tie_breaker, -jnp.inf), axis=-1)
+  return jnp.where(jnp.arange(scores.shape[-1]) == winner[:, None], 0.0, -jnp.inf)
+
+
 def choose(keys: jax.Array, scores: jax.Array, greedy: bool) -> jax.Array:
   """One token per row: the argmax, or a draw from softmax(scores) with each row's own key (so a
   row's draw does not depend on the rest of the batch)."""

@@ -228,5 +228,7 @@ def _pick(logits, state, span_state, keys, use_cd_k, config, spans, logit_callba
     streams = logits.reshape(config.num_streams, -1, logits.shape[-1])
     expert = jnp.where(allowed, streams[0], -jnp.inf)
     contrast = dl.cd_k_scores(expert, streams[-1], config.cd_k_alpha, config.cd_k_k)
+    if greedy:  # Ties in the contrast (e.g. amateur = expert) go to the likelier expert token.
+      contrast = dl.break_ties(contrast, expert)
     scores = jnp.where(use_cd_k[:, None], contrast / temperature, scores)
   return dl.choose(keys, scores, greedy)

@@ -186,6 +186,16 @@ def test_cd_k_with_the_expert_as_amateur_is_uniform_over_the_candidate_set():
   assert all(abs(counts[t] - expected) < 5 * math.sqrt(expected) for t in candidates)
 
 
+def test_greedy_cd_k_with_the_expert_as_amateur_is_greedy():
+  # Every candidate ties at log p - log p = 0; greedy CD-K breaks ties by the expert, so it picks
+  # the expert's argmax, which is always a candidate.
+  toy = markov(markov_table(3, scale=1.0))
+  config = DecodingConfig(max_new_tokens=8, temperature=0, cd_k_fraction=1.0, cd_k_k=6)
+  cd_k, _ = run(toy, [[3, BREAK], [MASK, BREAK]], config, use_cd_k=np.ones(1, bool))
+  greedy, _ = run(toy, [[3, BREAK]], DecodingConfig(max_new_tokens=8, temperature=0))
+  np.testing.assert_array_equal(cd_k, greedy)
+
+
 def test_cd_k_with_a_uniform_amateur_is_greedy_over_the_candidate_set():
   expert = markov(markov_table(4))
 

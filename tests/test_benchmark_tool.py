@@ -38,3 +38,18 @@ def test_pipeline_benchmark_prints_a_result_line():
   ours, peer, ratio, one, two = map(float, result.groups())
   assert min(ours, peer, one, two) > 0
   assert ratio == pytest.approx(ours / peer, rel=1e-2)
+
+
+@pytest.mark.slow
+def test_train_benchmark_prints_a_result_line():
+  args = ['train', '--layers=1', '--embed_dim=64', '--heads=2', '--vocab=256', '--seq_len=32',
+          '--batch=2', '--steps=2', '--warmup=1', '--matmul_size=128']
+  out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'benchmark.py'), *args],
+                       capture_output=True, text=True, check=True, cwd=ROOT).stdout
+  result = re.search(r'^RESULT train ours=([\d.]+) peer=([\d.]+) unit=tokens/s '
+                     r'ratio=([\d.]+) mfu=([\d.]+)$', out, re.M)
+  assert result, out
+  ours, peer, ratio, mfu = map(float, result.groups())
+  assert ours > 0 and peer > 0 and mfu > 0
+  assert ratio == pytest.approx(ours / peer, rel=1e-2)
+  assert '| tokens/s |' in out

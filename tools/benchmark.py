@@ -2,12 +2,17 @@
 
 Usage:
   .venv/bin/python tools/benchmark.py decoder [--layers=4 --embed_dim=512 ...]
+  .venv/bin/python tools/benchmark.py train [same shape flags]
 
 Benchmarks (the positional NAME; add new ones to ``BENCHMARKS``):
   decoder: forward + backward (loss and gradients of every parameter, no optimizer) of the cm3leon
     decoder in float32 against transformers' OPTForCausalLM of the same shape, same batch, same
     sequence length and the same number of threads. It also measures this machine's float32 matmul
     rate with jnp and reports our model FLOP/s (cm3leon_jax.flops) against it.
+  train: the full training step of our trainer (cm3leon_jax.train_state's jitted step with the
+    AdamW + clipping of cm3leon_jax.optimizer, donated state, 1-device mesh) against the same OPT
+    peer trained by torch.optim.AdamW with gradient-norm clipping: tokens/s of both, the ratio and
+    our MFU against the measured jnp matmul peak. Same shape flags as `decoder`.
   pipeline: packed seqio batches/s of the quickstart input pipeline against the batches/s the
     quickstart train step consumes, and Beam preprocessing images/s with 1 and 2 workers (see
     tools/benchmark_pipeline.py).
@@ -48,6 +53,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cm3leon_jax import flops  # pylint: disable=g-import-not-at-top
 from cm3leon_jax import gin_utils  # pylint: disable=g-import-not-at-top
+from cm3leon_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+from cm3leon_jax import partitioning  # pylint: disable=g-import-not-at-top
+from cm3leon_jax import train_state as state_lib  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.interop import taming_reference, taming_vqgan  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.losses import lm_loss  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.models.config import DecoderConfig  # pylint: disable=g-import-not-at-top
@@ -226,17 +234,28 @@ def opt_peer(config: DecoderConfig):
   return model.eval()
 
 
+def torch_batch(inputs, targets):
+  """The numpy batch as torch int64 tensors: inputs [batch, len], targets flattened."""
+  import torch  # pylint: disable=g-import-not-at-top
+  return (torch.from_numpy(inputs.astype(np.int64)),
+          torch.from_numpy(targets.astype(np.int64)).reshape(-1))
+
+
+def peer_loss(model, inputs, targets):
+  """Mean next-token cross-entropy of the OPT peer on exactly our targets (no internal shift)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  logits = model(input_ids=inputs, use_cache=False).logits
+  return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets)
+
+
 def torch_decoder_step(config: DecoderConfig, inputs, targets):
   """(training step of the OPT peer, its attention implementation's name)."""
-  import torch  # pylint: disable=g-import-not-at-top
   model = opt_peer(config)
-  inputs = torch.from_numpy(inputs.astype(np.int64))
-  targets = torch.from_numpy(targets.astype(np.int64)).reshape(-1)
+  inputs, targets = torch_batch(inputs, targets)
 
   def step():
     # Eager torch runs synchronously on CPU: backward() returns once the gradients exist.
-    logits = model(input_ids=inputs, use_cache=False).logits
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets)
+    loss = peer_loss(model, inputs, targets)
     loss.backward()
     model.zero_grad(set_to_none=True)
     return loss
@@ -300,16 +319,12 @@ def decoder_table(config, threads, attn_impl, ours_s, peer_s, per_token, per_tok
   lines = [
       f'## decoder: forward+backward, float32, {threads} threads',
       '',
-      f'shape: layers={config.num_layers} d={config.embed_dim} heads={config.num_heads} '
-      f'mlp={config.hidden_dim} vocab={config.vocab_size} seq_len={FLAGS.seq_len} '
-      f'batch={FLAGS.batch} ({tokens} tokens/step); scan_layers={config.scan_layers}; '
-      f'steps={FLAGS.steps} (median) after warmup={FLAGS.warmup}',
+      shape_line(config),
       f'peer: transformers OPTForCausalLM, attn_implementation={attn_impl}, '
       f'torch {_torch_version()}; ours: jax {jax.__version__}',
       f'training FLOPs/token: {per_token / 1e6:.2f} M (MaxText, causal attention halved), '
       f'{per_token_full / 1e6:.2f} M (full attention), {xla_per_token / 1e6:.2f} M (XLA count)',
-      f'float32 {FLAGS.matmul_size}^3 matmul: jnp {jax_peak / 1e9:.1f} GFLOP/s (the peak used '
-      f'below), torch {torch_peak / 1e9:.1f} GFLOP/s',
+      matmul_line(jax_peak, torch_peak),
       f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}',
       '',
       '| metric | ours (cm3leon_jax) | peer (torch OPT) | ours/peer |',
@@ -317,6 +332,151 @@ def decoder_table(config, threads, attn_impl, ours_s, peer_s, per_token, per_tok
   ]
   lines += [f'| {" | ".join(row)} |' for row in rows]
   return '\n'.join(lines)
+
+
+def train_optimizer_config() -> optimizer_lib.OptimizerConfig:
+  """Our AdamW and clipping defaults at a constant rate, which torch's fixed-rate AdamW matches."""
+  return optimizer_lib.OptimizerConfig(warmup_steps=0, schedule='constant')
+
+
+def seqio_batch(inputs, targets):
+  """seqio's decoder features for unpacked rows: one segment per row, every target weighted."""
+  ones = np.ones_like(inputs)
+  positions = np.broadcast_to(np.arange(inputs.shape[1], dtype=inputs.dtype), inputs.shape)
+  return {'decoder_input_tokens': inputs, 'decoder_target_tokens': targets,
+          'decoder_loss_weights': ones, 'decoder_segment_ids': ones,
+          'decoder_positions': positions}
+
+
+def jax_train_step(config: DecoderConfig, opt_config: optimizer_lib.OptimizerConfig, inputs,
+                   targets):
+  """(a synchronised step of our trainer, (parameter count, how many of them are decayed)).
+
+  Built as cm3leon_jax.train builds it: a 1-device mesh, the state initialised in its sharded
+  layout and donated to the jitted step, which carries it from call to call.
+  """
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(), jax.devices()[:1])
+  model = Decoder(config)
+  total_steps = FLAGS.warmup + FLAGS.steps  # Only sizes the schedule, which is constant here.
+  optimizer = optimizer_lib.make_optimizer(opt_config, total_steps)
+  schedule = optimizer_lib.learning_rate_schedule(opt_config, total_steps)
+  state, shardings = state_lib.init_train_state(model, optimizer, mesh)
+  train_step = state_lib.jit_train_step(
+      state_lib.make_train_step(model, optimizer, schedule, state_lib.StepConfig()), mesh,
+      shardings)
+  batch = jax.device_put(seqio_batch(inputs, targets), state_lib.batch_sharding(mesh))
+  leaves = jax.tree.leaves(state.params)
+  counts = (sum(p.size for p in leaves), sum(p.size for p in leaves if p.ndim >= 2))
+  carried = {'state': state}
+
+  def step():
+    carried['state'], metrics = train_step(carried['state'], batch)
+    return jax.block_until_ready((carried['state'], metrics))
+
+  return step, counts
+
+
+def torch_train_step(config: DecoderConfig, opt_config: optimizer_lib.OptimizerConfig, inputs,
+                     targets):
+  """(a step of the OPT peer trained by torch.optim.AdamW with clipping, its parameter count)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  model = opt_peer(config)
+  # Every peer parameter is a matrix (no biases, no affine norms), so decaying all of them is what
+  # our optimizer's matrices-only mask does too (the table shows both counts).
+  optimizer = torch.optim.AdamW(
+      model.parameters(), lr=opt_config.peak_learning_rate, betas=(opt_config.b1, opt_config.b2),
+      eps=opt_config.eps, weight_decay=opt_config.weight_decay)
+  inputs, targets = torch_batch(inputs, targets)
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    loss = peer_loss(model, inputs, targets)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), opt_config.clip_norm)
+    optimizer.step()
+    return loss
+
+  return step, sum(p.numel() for p in model.parameters())
+
+
+def train_benchmark() -> str:
+  """Our trainer's full step against OPT + torch AdamW; returns the RESULT line."""
+  import torch  # pylint: disable=g-import-not-at-top
+  threads = thread_count()
+  torch.set_num_threads(threads)
+  config, opt_config = decoder_config(), train_optimizer_config()
+  inputs, targets = random_batch(FLAGS.batch, FLAGS.seq_len, FLAGS.vocab)
+  tokens = FLAGS.batch * FLAGS.seq_len
+
+  ours, ours_params = jax_train_step(config, opt_config, inputs, targets)
+  peer, peer_params = torch_train_step(config, opt_config, inputs, targets)
+  seconds = interleaved_medians(
+      {'ours': ours, 'peer': peer, 'jax_matmul': jax_matmul_step(FLAGS.matmul_size),
+       'torch_matmul': torch_matmul_step(FLAGS.matmul_size)}, FLAGS.steps, FLAGS.warmup)
+  jax_peak = 2 * FLAGS.matmul_size**3 / seconds['jax_matmul']
+  torch_peak = 2 * FLAGS.matmul_size**3 / seconds['torch_matmul']
+
+  ours_tps, peer_tps = tokens / seconds['ours'], tokens / seconds['peer']
+  util = flops.mfu(config, FLAGS.seq_len, ours_tps, jax_peak)
+  print(train_table(config, opt_config, threads, seconds, ours_params, peer_params, jax_peak,
+                    torch_peak))
+  return (f'RESULT train ours={ours_tps:.1f} peer={peer_tps:.1f} unit=tokens/s '
+          f'ratio={ours_tps / peer_tps:.3f} mfu={util:.3f}')
+
+
+def train_table(config, opt_config, threads, seconds, ours_params, peer_params, jax_peak,
+                torch_peak) -> str:
+  """The train benchmark's markdown report."""
+  tokens = FLAGS.batch * FLAGS.seq_len
+  ours_s, peer_s = seconds['ours'], seconds['peer']
+  ours_tps, peer_tps = tokens / ours_s, tokens / peer_s
+  per_token = flops.training_flops_per_token(config, FLAGS.seq_len)
+  rows = [
+      ('median step time (s)', f'{ours_s:.3f}', f'{peer_s:.3f}', f'{peer_s / ours_s:.3f}'),
+      ('tokens/s', f'{ours_tps:.1f}', f'{peer_tps:.1f}', f'{ours_tps / peer_tps:.3f}'),
+      ('model GFLOP/s (MaxText, causal attn)', f'{per_token * ours_tps / 1e9:.1f}',
+       f'{per_token * peer_tps / 1e9:.1f}', ''),
+      ('% of jnp matmul peak (MFU)', f'{100 * per_token * ours_tps / jax_peak:.1f}%',
+       f'{100 * per_token * peer_tps / jax_peak:.1f}%', ''),
+  ]
+  total, decayed = ours_params
+  lines = [
+      f'## train: full training step (forward, backward, clip, AdamW update), float32, '
+      f'{threads} threads',
+      '',
+      shape_line(config),
+      f'optimizer (both): AdamW lr={opt_config.peak_learning_rate:g} constant, '
+      f'betas=({opt_config.b1:g}, {opt_config.b2:g}), eps={opt_config.eps:g}, '
+      f'weight_decay={opt_config.weight_decay:g}, global-norm clip {opt_config.clip_norm:g}',
+      f'ours: cm3leon_jax.train_state.jit_train_step on a 1-device mesh, state donated, jax '
+      f'{jax.__version__}; {total} params ({decayed} decayed)',
+      f'peer: transformers OPTForCausalLM + torch.optim.AdamW + clip_grad_norm_, torch '
+      f'{_torch_version()}; {peer_params} params (all decayed)',
+      f'training FLOPs/token: {per_token / 1e6:.2f} M (MaxText, causal attention halved; the '
+      f'optimizer update is not counted)',
+      matmul_line(jax_peak, torch_peak),
+      f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}',
+      '',
+      '| metric | ours (cm3leon_jax trainer) | peer (torch OPT + AdamW) | ours/peer |',
+      '|---|---|---|---|',
+  ]
+  lines += [f'| {" | ".join(row)} |' for row in rows]
+  return '\n'.join(lines)
+
+
+def shape_line(config: DecoderConfig) -> str:
+  """The model shape and timing settings, as the decoder and train tables print them."""
+  return (f'shape: layers={config.num_layers} d={config.embed_dim} heads={config.num_heads} '
+          f'mlp={config.hidden_dim} vocab={config.vocab_size} seq_len={FLAGS.seq_len} '
+          f'batch={FLAGS.batch} ({FLAGS.batch * FLAGS.seq_len} tokens/step); '
+          f'scan_layers={config.scan_layers}; steps={FLAGS.steps} (median) after '
+          f'warmup={FLAGS.warmup}')
+
+
+def matmul_line(jax_peak: float, torch_peak: float) -> str:
+  """Both frameworks' measured matmul rates; jnp's is the MFU denominator."""
+  return (f'float32 {FLAGS.matmul_size}^3 matmul: jnp {jax_peak / 1e9:.1f} GFLOP/s (the peak used '
+          f'below), torch {torch_peak / 1e9:.1f} GFLOP/s')
 
 
 def _torch_version() -> str:
@@ -406,6 +566,7 @@ def vqgan_table(config: VQGANConfig, threads: int, seconds, rate, agreement: flo
 
 BENCHMARKS = {
     'decoder': decoder_benchmark,
+    'train': train_benchmark,
     'vqgan': vqgan_benchmark,
     'pipeline': benchmark_pipeline.pipeline_benchmark,
     'retrieval': benchmark_retrieval.retrieval_benchmark,

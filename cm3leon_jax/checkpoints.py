@@ -24,6 +24,35 @@ import tensorflow as tf
 STATE, DATA = 'state', 'data'
 
 
+class CheckpointShapeError(ValueError):
+  """A checkpoint written by another model shape; the message names the first mismatch."""
+
+
+def saved_param_shapes(state_dir: str) -> dict:
+  """{'/'-joined parameter path: shape} of a saved train state (or params) folder."""
+  metadata = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata.tree
+  tree = metadata.get('params', metadata)
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_path(p): tuple(leaf.shape) for p, leaf in flat}
+
+
+def _path(key_path) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in key_path)
+
+
+def check_param_shapes(state_dir: str, abstract_params) -> None:
+  """Raise CheckpointShapeError unless `state_dir` holds exactly `abstract_params`' shapes."""
+  saved = saved_param_shapes(state_dir)
+  wanted = {_path(p): tuple(leaf.shape)
+            for p, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+  for name in sorted(set(saved) | set(wanted)):
+    if saved.get(name) != wanted.get(name):
+      raise CheckpointShapeError(
+          f'Checkpoint {state_dir} was written by another model: parameter {name} is '
+          f'{saved.get(name, "absent")} there but {wanted.get(name, "absent")} in this '
+          'config. Use the config it was trained with, or another MODEL_DIR.')
+
+
 class IteratorHandler(ocp.CheckpointHandler):
   """Saves and restores a tf.data iterator per process (each host reads its own shard)."""
 
@@ -47,7 +76,8 @@ class IteratorArgs(ocp.args.CheckpointArgs):
 
 
 class Checkpointer:
-  """Saves every `save_every` steps (and on demand), keeps the last `keep`, restores the newest good one."""
+  """Saves every `save_every` steps (and on demand), keeps the last `keep`, restores the newest
+  good one."""
 
   def __init__(self, model_dir: str, save_every: int, keep: Optional[int] = 3,
                use_async: bool = True):
@@ -76,6 +106,7 @@ class Checkpointer:
     `abstract_state` holds jax.ShapeDtypeStructs with shardings: arrays come back in that layout.
     """
     for step in reversed(self.all_steps()):
+      self._check_shapes(step, abstract_state.params)
       args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state),
                                    DATA: IteratorArgs(iterator)})
       try:
@@ -88,6 +119,16 @@ class Checkpointer:
       logging.info('Restored checkpoint %s/%d.', self.directory, step)
       return restored[STATE], step
     return None, None
+
+  def _check_shapes(self, step: int, abstract_params) -> None:
+    """Another model's checkpoint is an error, not a damaged step to skip (that would start
+    the run over and then overwrite it)."""
+    state_dir = os.path.join(self.directory, str(step), STATE)
+    try:
+      saved_param_shapes(state_dir)
+    except Exception:  # pylint: disable=broad-except  (unreadable: restore reports and skips it)
+      return
+    check_param_shapes(state_dir, abstract_params)
 
   def wait(self):
     """Block until the last async save is on disk."""
@@ -112,6 +153,7 @@ def load_params(path: str, abstract_params):
       candidates += [os.path.join(folder, str(s), STATE) for s in steps[:1]]
   for candidate in candidates:
     if os.path.isdir(candidate) and os.path.exists(os.path.join(candidate, '_METADATA')):
+      check_param_shapes(candidate, abstract_params)
       target = {'params': abstract_params}
       args = ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),

@@ -93,6 +93,25 @@ def evaluate(eval_step, params, dataset, sharding, num_batches: int) -> Dict[str
   return state_lib.eval_metrics(totals)
 
 
+def _check_model_dir(model_dir: str) -> None:
+  """A local MODEL_DIR's parent must exist: a missing one is most likely a typo in the path."""
+  if '://' in model_dir:
+    return
+  parent = os.path.dirname(os.path.abspath(model_dir))
+  if not os.path.isdir(parent):
+    raise ValueError(f'MODEL_DIR {model_dir!r}: its parent folder {parent} does not exist. '
+                     'Create it, or fix the path.')
+
+
+def _check_batch_size(batch_size: int, mesh) -> None:
+  """The batch is split over the 'data' and 'fsdp' mesh axes, so it must divide evenly."""
+  ways = mesh.shape['data'] * mesh.shape['fsdp']
+  if batch_size % ways:
+    raise ValueError(f'BATCH_SIZE={batch_size} does not divide over the mesh\'s data x fsdp = '
+                     f'{mesh.shape["data"]} x {mesh.shape["fsdp"]} = {ways} ways; use a multiple '
+                     f'of {ways}.')
+
+
 def _write_model_files(model_dir, model_config, mixture_or_task_name, vocab):
   """model.json and the text vocabulary: what samplers load besides the checkpoint."""
   from tasks import stores  # pylint: disable=g-import-not-at-top
@@ -155,9 +174,12 @@ def train(model_dir: str,
       captions (CFG 3, top-p 0.9) into a grid in TensorBoard and <model_dir>/images/ (0: off;
       single-process runs of store tasks only).
   """
+  _check_model_dir(model_dir)
+  mesh = partitioning.make_mesh(mesh_config, jax.devices()[:num_devices])
+  _check_batch_size(batch_size, mesh)
+  input_pipeline.check_registered(mixture_or_task_name)
   os.makedirs(model_dir, exist_ok=True)
   _write_gin_config(model_dir, 'config.gin', gin.config_str())
-  mesh = partitioning.make_mesh(mesh_config, jax.devices()[:num_devices])
   model = Decoder(model_config)
   schedule = optimizer_lib.learning_rate_schedule(optimizer_config, train_steps)
   optimizer = optimizer_lib.make_optimizer(optimizer_config, train_steps)

@@ -151,6 +151,33 @@ def test_fine_tuning_starts_from_another_runs_parameters(data_dir, gin_file, tmp
   assert abs(tuned_first - base_last) < 0.5 * abs(fresh_first - base_last)
 
 
+def test_bad_runs_fail_before_any_work_with_one_clear_message(data_dir, gin_file, tmp_path):
+  cases = [
+      (tmp_path / 'no' / 'such' / 'run', [], 'its parent folder .* does not exist'),
+      (tmp_path / 'typo', ["train.train.mixture_or_task_name = 'cm3leon_synthetik'"],
+       "Unknown seqio task or mixture 'cm3leon_synthetik'.*cm3leon_synthetic"),
+      (tmp_path / 'batch', ['train.train.batch_size = 6', 'partitioning.MeshConfig.data = 2',
+                            'partitioning.MeshConfig.fsdp = 2',
+                            'partitioning.MeshConfig.tensor = 2'],
+       'BATCH_SIZE=6 does not divide .* 4 ways'),
+  ]
+  for model_dir, bindings, message in cases:
+    with pytest.raises(ValueError, match=message):
+      run_in_process(gin_file, model_dir, *bindings)
+    assert not (model_dir / 'checkpoints').exists()
+
+
+def test_a_checkpoint_of_another_model_shape_names_the_parameter(data_dir, gin_file, tmp_path):
+  run_in_process(gin_file, tmp_path / 'small', 'train.train.train_steps = 5')
+  wider = ['config.DecoderConfig.embed_dim = 64', 'train.train.train_steps = 5']
+  message = r'parameter embed/position is \(64, 32\) there but \(64, 64\) in this config'
+  with pytest.raises(checkpoints.CheckpointShapeError, match=message):  # Resuming it.
+    run_in_process(gin_file, tmp_path / 'small', *wider)
+  with pytest.raises(checkpoints.CheckpointShapeError, match=message):  # Fine-tuning from it.
+    run_in_process(gin_file, tmp_path / 'tuned', *wider,
+                   f"train.train.initial_checkpoint_path = '{tmp_path / 'small'}'")
+
+
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     data_dir, gin_file, tmp_path):
   with pytest.raises(train_lib.NonFiniteLossError, match=r'Step (\d+): .*not finite') as error:
@@ -263,7 +290,8 @@ def test_quickstart_main_job_end_to_end_on_tiny_settings(tmp_path):
   result = subprocess.run(
       [sys.executable, 'tools/quickstart.py', f'--workdir={tmp_path}', '--train_documents=300',
        '--validation_documents=200', '--tokenizer_steps=10', '--clip_steps=10',
-       '--baseline_batches=10', '--judged_examples=8',       '--gin_bindings=TRAIN_STEPS=30', '--gin_bindings=train.train.log_every=10'],
+       '--baseline_batches=10', '--judged_examples=8',
+       '--gin_bindings=TRAIN_STEPS=30', '--gin_bindings=train.train.log_every=10'],
       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
       timeout=1200)
   assert result.returncode == 0, result.stderr[-3000:]

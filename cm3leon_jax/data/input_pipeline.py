@@ -36,7 +36,7 @@ def make_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, i
   many processes share the work: a 1-process run with num_shards=2 sees the same global batches
   as a 2-process run.
   """
-  import tasks  # pylint: disable=g-import-not-at-top,unused-import  (registers the standard tasks)
+  check_registered(mixture_or_task_name)
   num_shards = num_shards or jax.process_count()
   if global_batch_size % num_shards:
     raise ValueError(f'Batch size {global_batch_size} is not divisible by {num_shards} data '
@@ -61,7 +61,19 @@ def to_global(host_batch: Mapping[str, np.ndarray], sharding) -> Dict[str, jax.A
           for k, v in host_batch.items()}
 
 
+def check_registered(mixture_or_task_name: str) -> None:
+  """Raise ValueError naming the registered tasks unless `mixture_or_task_name` is one."""
+  import tasks  # pylint: disable=g-import-not-at-top  (registers the standard tasks)
+  known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  if mixture_or_task_name not in known:
+    raise ValueError(
+        f'Unknown seqio task or mixture {mixture_or_task_name!r}. Registered: '
+        f'{sorted(n for n in known if n.startswith("cm3leon")) or "none of this project"}. The '
+        f'standard tasks register once their store exists under $CM3LEON_DATA_DIR '
+        f'({tasks.DATA_DIR}); other stores with tasks.register_store_task.')
+
+
 def vocabulary(mixture_or_task_name: str):
   """The multimodal vocabulary of a registered task or mixture's targets."""
-  import tasks  # pylint: disable=g-import-not-at-top,unused-import
+  check_registered(mixture_or_task_name)
   return seqio.get_mixture_or_task(mixture_or_task_name).output_features['targets'].vocabulary

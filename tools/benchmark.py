@@ -263,6 +263,16 @@ def torch_decoder_step(config: DecoderConfig, inputs, targets):
   return step, model.config._attn_implementation  # pylint: disable=protected-access
 
 
+def time_against_peer(ours, peer):
+  """(median seconds by name, jnp and torch matmul FLOP/s): ours, the peer and both matmul
+  probes timed in alternation, so machine load hits them alike."""
+  seconds = interleaved_medians(
+      {'ours': ours, 'peer': peer, 'jax_matmul': jax_matmul_step(FLAGS.matmul_size),
+       'torch_matmul': torch_matmul_step(FLAGS.matmul_size)}, FLAGS.steps, FLAGS.warmup)
+  flop = 2 * FLAGS.matmul_size**3
+  return seconds, flop / seconds['jax_matmul'], flop / seconds['torch_matmul']
+
+
 def decoder_benchmark() -> str:
   """Our decoder's training step against OPTForCausalLM; returns the RESULT line."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -275,11 +285,7 @@ def decoder_benchmark() -> str:
   ours = jax_decoder_step(config, inputs, targets)
   xla_flops = xla_cost_flops(config, inputs, targets)
   peer, attn_impl = torch_decoder_step(config, inputs, targets)
-  seconds = interleaved_medians(
-      {'ours': ours, 'peer': peer, 'jax_matmul': jax_matmul_step(FLAGS.matmul_size),
-       'torch_matmul': torch_matmul_step(FLAGS.matmul_size)}, FLAGS.steps, FLAGS.warmup)
-  jax_peak = 2 * FLAGS.matmul_size**3 / seconds['jax_matmul']
-  torch_peak = 2 * FLAGS.matmul_size**3 / seconds['torch_matmul']
+  seconds, jax_peak, torch_peak = time_against_peer(ours, peer)
 
   ours_tps, peer_tps = tokens / seconds['ours'], tokens / seconds['peer']
   per_token = flops.training_flops_per_token(config, FLAGS.seq_len)
@@ -410,11 +416,7 @@ def train_benchmark() -> str:
 
   ours, ours_params = jax_train_step(config, opt_config, inputs, targets)
   peer, peer_params = torch_train_step(config, opt_config, inputs, targets)
-  seconds = interleaved_medians(
-      {'ours': ours, 'peer': peer, 'jax_matmul': jax_matmul_step(FLAGS.matmul_size),
-       'torch_matmul': torch_matmul_step(FLAGS.matmul_size)}, FLAGS.steps, FLAGS.warmup)
-  jax_peak = 2 * FLAGS.matmul_size**3 / seconds['jax_matmul']
-  torch_peak = 2 * FLAGS.matmul_size**3 / seconds['torch_matmul']
+  seconds, jax_peak, torch_peak = time_against_peer(ours, peer)
 
   ours_tps, peer_tps = tokens / seconds['ours'], tokens / seconds['peer']
   util = flops.mfu(config, FLAGS.seq_len, ours_tps, jax_peak)

@@ -85,10 +85,5 @@ def main(argv):
   print(json.dumps({k: manifest[k] for k in ('num_documents', 'num_bad', 'bad_by_reason')}))
 
 
-def parse_flags(argv):
-  """absl parses the flags it knows; the rest go to Beam as pipeline options."""
-  return flags.FLAGS(argv, known_only=True)
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=preprocess.parse_known_flags)

@@ -18,6 +18,7 @@ Flags this tool does not know are Beam pipeline options (see tools/build_index.p
 from absl import app, flags
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from cm3leon_jax.data.preprocess import parse_known_flags
 from cm3leon_jax.retrieval.pipeline import RetrieveConfig, run_retrieve
 from cm3leon_jax.retrieval.select import SelectionConfig
 
@@ -49,11 +50,6 @@ def main(argv):
   print(run_retrieve(config, PipelineOptions(argv[1:])))
 
 
-def parse_flags(argv):
-  """absl parses the flags it knows; the rest go to Beam as pipeline options."""
-  return FLAGS(argv, known_only=True)
-
-
 if __name__ == '__main__':
   define_flags()
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=parse_known_flags)

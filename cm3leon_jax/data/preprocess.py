@@ -298,6 +298,12 @@ def copy_text_vocabulary(config: PreprocessConfig) -> None:
                    os.path.join(config.output_dir, text_vocabulary_file(config)), overwrite=True)
 
 
+def parse_known_flags(argv):
+  """For Beam tools' app.run: absl parses the flags it knows; the rest stay in argv for Beam."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  return flags.FLAGS(argv, known_only=True)
+
+
 def local_runner_by_default(options: Optional[PipelineOptions]) -> PipelineOptions:
   """The options, with the FnApiRunner when no --runner was given.
 

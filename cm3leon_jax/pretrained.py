@@ -10,6 +10,9 @@ starts, so that its folder alone is enough to sample from::
                 "cm3": {...CM3Config of the training task...}}
 
 ``Pretrained.load(model_dir)`` restores the newest checkpoint's parameters (not the optimizer).
+It also loads folders written by ``export.export_model``, whose model.json adds
+``"weights": {"format": "cm3leon" | "chameleon", "dtype": ...}`` (transformers' OPT or Chameleon
+layout beside it) and names the image tokenizer relative to the folder.
 """
 
 import dataclasses
@@ -44,8 +47,12 @@ def text_vocabulary_path(vocab: MultimodalVocabulary) -> str:
 
 
 def write_model_files(model_dir: str, model_config: DecoderConfig, vocab: MultimodalVocabulary,
-                      image_tokenizer: Optional[str], cm3: objective.CM3Config) -> str:
-  """Write model.json and the text vocabulary into `model_dir`; returns model.json's path."""
+                      image_tokenizer: Optional[str], cm3: objective.CM3Config,
+                      weights: Optional[Dict[str, str]] = None) -> str:
+  """Write model.json and the text vocabulary into `model_dir`; returns model.json's path.
+
+  `weights` describes exported weights beside model.json; None means the run's checkpoints.
+  """
   os.makedirs(model_dir, exist_ok=True)
   source = text_vocabulary_path(vocab)
   name = 'text_vocabulary' + (os.path.splitext(source)[1] or '.model')
@@ -56,6 +63,8 @@ def write_model_files(model_dir: str, model_config: DecoderConfig, vocab: Multim
                          'num_sentinels': len(vocab.special_names) - 4,
                          'vocab_size': vocab.vocab_size},
           'image_tokenizer': image_tokenizer, 'cm3': dataclasses.asdict(cm3)}
+  if weights:
+    spec['weights'] = weights
   path = os.path.join(model_dir, MODEL_FILE)
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(spec, f, indent=2, sort_keys=True)
@@ -81,28 +90,30 @@ class Pretrained:
 
   @classmethod
   def load(cls, model_dir: str, image_tokenizer: Optional[str] = None) -> 'Pretrained':
-    """The newest checkpoint of a training run (or one step's checkpoint folder in it).
+    """The newest checkpoint of a training run, or an exported model folder.
 
     Args:
-      model_dir: the run's MODEL_DIR.
+      model_dir: the run's MODEL_DIR, or a folder written by export.export_model.
       image_tokenizer: an ImageTokenizer folder overriding the one model.json names.
     """
     spec_path = os.path.join(model_dir, MODEL_FILE)
     if not os.path.exists(spec_path):
-      raise PretrainedError(f'{model_dir} has no {MODEL_FILE}: it is not a training run folder of '
-                            'this version (python -m cm3leon_jax.train writes it).')
+      raise PretrainedError(f'{model_dir} has no {MODEL_FILE}: it is neither a training run folder '
+                            'of this version (python -m cm3leon_jax.train writes it) nor an '
+                            'exported model (tools/export.py).')
     with open(spec_path, encoding='utf-8') as f:
       spec = json.load(f)
     model = Decoder(_decoder_config(spec['model_config']))
-    shapes = jax.eval_shape(lambda: nn.meta.unbox(init_params(model, jax.random.key(0))))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                            shapes)
-    params = checkpoints.load_params(model_dir, abstract)
+    if 'weights' in spec:
+      params = _exported_params(model_dir, model.config, spec['weights'])
+    else:
+      params = _checkpoint_params(model_dir, model)
     vocab = _vocabulary(model_dir, spec['vocabulary'])
     cm3 = objective.CM3Config(**spec.get('cm3', {}))
-    return cls(model, params, vocab, cm3, image_tokenizer or spec.get('image_tokenizer'),
-               model_dir)
+    named = spec.get('image_tokenizer')
+    if named and not os.path.isabs(named):
+      named = os.path.join(model_dir, named)
+    return cls(model, params, vocab, cm3, image_tokenizer or named, model_dir)
 
   @property
   def image_tokenizer(self):
@@ -134,6 +145,29 @@ class Pretrained:
     codes = self.vocab.image_codes(np.asarray(image_ids))
     side = int(round(codes.shape[1] ** 0.5))
     return postprocess(np.asarray(self.image_tokenizer.decode(codes.reshape(-1, side, side))))
+
+
+def _checkpoint_params(model_dir: str, model: Decoder):
+  """The newest training checkpoint's parameters, on the first device."""
+  shapes = jax.eval_shape(lambda: nn.meta.unbox(init_params(model, jax.random.key(0))))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                          shapes)
+  return checkpoints.load_params(model_dir, abstract)
+
+
+def _exported_params(model_dir: str, config: DecoderConfig, weights: Dict[str, str]):
+  """Parameters of an exported folder, read from its transformers-layout safetensors."""
+  from cm3leon_jax.interop import hf_chameleon, hf_opt  # pylint: disable=g-import-not-at-top
+  loaders = {'cm3leon': hf_opt.load_opt, 'chameleon': hf_chameleon.load_chameleon}
+  if weights.get('format') not in loaders:
+    raise PretrainedError(f'{model_dir}/{MODEL_FILE} names weights of format '
+                          f'{weights.get("format")!r}; this version reads {sorted(loaders)}.')
+  try:
+    _, params = loaders[weights['format']](model_dir, config)
+  except FileNotFoundError as e:
+    raise PretrainedError(f'{model_dir} is an exported model without its weights: {e}') from e
+  return jax.device_put(params)
 
 
 def _vocabulary(model_dir: str, spec: Dict[str, Any]) -> MultimodalVocabulary:

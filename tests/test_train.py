@@ -316,6 +316,14 @@ def test_quickstart_main_job_end_to_end_on_tiny_settings(tmp_path):
   assert settings['decoding']['guidance_scale'] == 3.0
   with Image.open(grid) as image:  # 2 x 2 cells of 32 px with 2-px borders.
     assert image.size == (2 * 34 + 2, 2 * 34 + 2)
+    pixels = np.asarray(image)
+  # The exported folder samples the same grid (float32 export: the same parameters).
+  exported = tmp_path / 'exported'
+  run_tool(['tools/export.py', f'--checkpoint={tmp_path / "model"}', f'--output_dir={exported}'])
+  run_tool(['tools/generate.py', f'--checkpoint={exported}', '--prompt=a red circle',
+            '--prompt=a small blue square', '--num_samples=2', f'--output={tmp_path / "e.png"}'])
+  with Image.open(tmp_path / 'e.png') as image:
+    np.testing.assert_array_equal(np.asarray(image), pixels)
   images = tmp_path / 'images'
   images.mkdir()
   Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(images / 'black.png')

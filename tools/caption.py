@@ -26,7 +26,8 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.gif')
 
 def define_flags():
   """The tool's flags (defined when run, so tests can import the module)."""
-  flags.DEFINE_string('checkpoint', None, 'A training run folder (MODEL_DIR).', required=True)
+  flags.DEFINE_string('checkpoint', None, 'A training run folder (MODEL_DIR) or an exported model '
+                      '(tools/export.py).', required=True)
   flags.DEFINE_string('image_tokenizer', None, 'ImageTokenizer folder (default: the run\'s).')
   flags.DEFINE_multi_string('images', [], 'Image files or folders (repeatable).')
   flags.DEFINE_string('output', 'captions.jsonl', 'The JSONL file to write.')

@@ -28,7 +28,8 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """The tool's flags (defined when run, so tests can import the module)."""
-  flags.DEFINE_string('checkpoint', None, 'A training run folder (MODEL_DIR).', required=True)
+  flags.DEFINE_string('checkpoint', None, 'A training run folder (MODEL_DIR) or an exported model '
+                      '(tools/export.py).', required=True)
   flags.DEFINE_string('image_tokenizer', None, 'ImageTokenizer folder (default: the run\'s).')
   flags.DEFINE_multi_string('prompt', [], 'A caption to draw (repeat for several).')
   flags.DEFINE_string('prompts_file', None, 'A text file with one caption per line.')

@@ -1,0 +1,73 @@
+"""Export a trained model as one self-contained folder that samplers and transformers can load.
+
+An exported folder holds::
+
+  config.json, model.safetensors   the decoder in transformers' layout: OPTForCausalLM for the
+                                   'cm3leon' family, ChameleonForConditionalGeneration for
+                                   'chameleon' (interop/hf_opt.py, interop/hf_chameleon.py)
+  model.json                       as in a training run, plus "weights" naming that layout
+  text_vocabulary.model            the text vocabulary
+  image_tokenizer/                 the VQ-GAN (ImageTokenizer.save)
+
+so ``Pretrained.load(folder)`` and ``tools/generate.py --checkpoint=folder`` work on it exactly as
+on the training run, without the optimizer state, the run's other files or absolute paths.
+"""
+
+import os
+from typing import Optional
+
+import numpy as np
+from absl import logging
+
+from cm3leon_jax import pretrained as pretrained_lib
+from cm3leon_jax.pretrained import Pretrained, PretrainedError
+
+IMAGE_TOKENIZER_DIR = 'image_tokenizer'
+
+
+def _save_weights(model: Pretrained, output_dir: str, dtype: Optional[str]) -> str:
+  """Write the decoder in its family's transformers layout; returns the layout's name."""
+  config = model.model.config
+  if config.family == 'cm3leon':
+    from cm3leon_jax.interop.hf_opt import save_opt  # pylint: disable=g-import-not-at-top
+    save_opt(output_dir, config, model.params, dtype)
+  elif config.family == 'chameleon':
+    from cm3leon_jax.interop.hf_chameleon import save_chameleon  # pylint: disable=g-import-not-at-top
+    save_chameleon(output_dir, config, model.params, dtype)
+  else:
+    raise PretrainedError(f'No export layout for model family {config.family!r}.')
+  return config.family
+
+
+def _check_output_dir(output_dir: str, source_dir: str) -> None:
+  if os.path.abspath(output_dir) == os.path.abspath(source_dir):
+    raise PretrainedError(f'The export folder {output_dir} is the model folder itself; '
+                          'give another --output_dir.')
+  if os.path.isdir(output_dir) and os.listdir(output_dir):
+    raise PretrainedError(f'The export folder {output_dir} exists and is not empty; give a new '
+                          'folder (exports never overwrite files).')
+
+
+def export_model(model: Pretrained, output_dir: str, dtype: Optional[str] = None) -> str:
+  """Write `model` (a loaded training run or export) as an exported folder; returns its path.
+
+  Args:
+    model: the model to export; its image tokenizer must exist (it is copied in).
+    output_dir: a new or empty folder.
+    dtype: dtype of the written weights, e.g. 'bfloat16' (halves the size); None keeps float32.
+      Loading casts them back to the config's parameter dtype.
+
+  Raises:
+    PretrainedError: the folder is not new or empty, or the model names no image tokenizer.
+  """
+  _check_output_dir(output_dir, model.model_dir)
+  tokenizer = model.image_tokenizer  # Raises, naming the fix, when the run names none.
+  os.makedirs(output_dir, exist_ok=True)
+  family = _save_weights(model, output_dir, dtype)
+  tokenizer.save(os.path.join(output_dir, IMAGE_TOKENIZER_DIR))
+  weights = {'format': family, 'dtype': dtype or str(np.dtype(model.model.config.param_dtype))}
+  pretrained_lib.write_model_files(output_dir, model.model.config, model.vocab,
+                                   IMAGE_TOKENIZER_DIR, model.cm3, weights)
+  logging.info('Exported %s to %s (%s layout, %s weights).', model.model_dir, output_dir, family,
+               weights['dtype'])
+  return output_dir

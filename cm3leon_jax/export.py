@@ -20,6 +20,8 @@ import numpy as np
 from absl import logging
 
 from cm3leon_jax import pretrained as pretrained_lib
+from cm3leon_jax.interop.hf_chameleon import save_chameleon
+from cm3leon_jax.interop.hf_opt import save_opt
 from cm3leon_jax.pretrained import Pretrained, PretrainedError
 
 IMAGE_TOKENIZER_DIR = 'image_tokenizer'
@@ -29,10 +31,8 @@ def _save_weights(model: Pretrained, output_dir: str, dtype: Optional[str]) -> s
   """Write the decoder in its family's transformers layout; returns the layout's name."""
   config = model.model.config
   if config.family == 'cm3leon':
-    from cm3leon_jax.interop.hf_opt import save_opt  # pylint: disable=g-import-not-at-top
     save_opt(output_dir, config, model.params, dtype)
   elif config.family == 'chameleon':
-    from cm3leon_jax.interop.hf_chameleon import save_chameleon  # pylint: disable=g-import-not-at-top
     save_chameleon(output_dir, config, model.params, dtype)
   else:
     raise PretrainedError(f'No export layout for model family {config.family!r}.')

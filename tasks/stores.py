@@ -68,10 +68,15 @@ def _one_vocabulary(stores) -> store_lib.MultimodalVocabulary:
 
 @gin.configurable
 def register_store_task(name: str, store_dir: str,
-                        assembly_config: assembly.AssemblyConfig = assembly.AssemblyConfig(),
+                        assembly_config: Optional[assembly.AssemblyConfig] = None,
                         splits: Optional[Sequence[str]] = None,
                         shuffle_buffer_size: int = 10_000) -> seqio.Task:
-  """Register (or re-register) the Task `name` reading the store at `store_dir`."""
+  """Register (or re-register) the Task `name` reading the store at `store_dir`.
+
+  `assembly_config` None builds AssemblyConfig() when called, so gin bindings of
+  `assembly.AssemblyConfig` (e.g. in gin/quickstart.gin) reach the standard tasks too.
+  """
+  assembly_config = assembly_config or assembly.AssemblyConfig()
   stores = _split_stores(store_dir, splits)
   vocabulary = _one_vocabulary(stores)
   source = seqio.TFExampleDataSource(

@@ -209,6 +209,54 @@ def test_an_image_weighs_as_its_token_spans_or_as_one_unit(image_weight):
   assert abs(image_share - want) < 0.03
 
 
+def text_segments(tokens):
+  """(start, end) of every maximal run of text tokens (between boundaries, not image codes)."""
+  tokens = np.asarray(tokens)
+  is_text = (tokens >= 2) & (tokens < BREAK)
+  edges = np.flatnonzero(np.diff(np.concatenate([[0], is_text.astype(int), [0]])))
+  return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
+
+
+def test_whole_text_rate_one_masks_one_whole_caption_uniformly_and_keeps_the_count_law(examples):
+  config = CM3Config(whole_text_rate=1.0)
+  rng = np.random.default_rng(1)
+  results = [rearrange(x, rng, IDS, config) for x in examples]
+  chosen = []
+  for tokens, result in zip(examples, results):
+    segments = text_segments(tokens)
+    whole = [span for span in result.spans if span in segments]
+    assert len(whole) >= 1
+    chosen.append(segments.index(whole[0]) / len(segments))
+    np.testing.assert_array_equal(restore(result.tokens, IDS, config), tokens)
+  # The whole caption is any of the example's captions alike (1-3 documents): mean index 1/3.
+  assert abs(np.mean(chosen) - np.mean([(len(text_segments(x)) - 1) / (2 * len(text_segments(x)))
+                                        for x in examples])) < 0.01
+  # n keeps its law; a whole caption holds one span where it could hold several, so the capacity
+  # clamp cuts n in a few examples (one document, n >= 3).
+  drawn = np.bincount([r.num_spans_drawn for r in results], minlength=17)
+  assert chi_square_p(drawn, span_count_probabilities(1.0, 16)) > 1e-3
+  assert np.mean([len(r.spans) == r.num_spans_drawn for r in results]) > 0.97
+
+
+def test_whole_text_rate_masks_captions_whole_at_that_rate_and_zero_is_the_default_law(examples):
+  def whole_caption_share(config, seed=2):
+    rng = np.random.default_rng(seed)
+    return np.mean([any(span in text_segments(x) for span in rearrange(x, rng, IDS, config).spans)
+                    for x in examples[:3000]])
+
+  assert whole_caption_share(CM3Config()) < 0.01  # SPEC's law: long captions, rarely whole.
+  assert abs(whole_caption_share(CM3Config(whole_text_rate=0.3)) - 0.3) < 0.03
+  default, zero = (rearrange(examples[0], np.random.default_rng(4), IDS, config)
+                   for config in (CM3Config(), CM3Config(whole_text_rate=0.0)))
+  np.testing.assert_array_equal(default.tokens, zero.tokens)
+
+
+def test_whole_text_rate_leaves_examples_without_text_to_the_usual_law():
+  image_only = list(range(FIRST_IMAGE, FIRST_IMAGE + 16))
+  result = rearrange(image_only, np.random.default_rng(0), IDS, CM3Config(whole_text_rate=1.0))
+  assert result.spans == [(0, 16)]
+
+
 def test_num_spans_can_be_drawn_first():
   rng = np.random.default_rng(5)
   result = rearrange(list(range(2, 40)), rng, IDS, CM3Config(), num_spans=3)
@@ -272,7 +320,8 @@ def test_infilling_prompt():
 
 def test_invalid_arguments():
   for kwargs in [dict(poisson_rate=-1.0), dict(poisson_rate=float('nan')), dict(max_spans=0),
-                 dict(max_spans=2.0), dict(sentinel_style='sentinel')]:
+                 dict(max_spans=2.0), dict(sentinel_style='sentinel'),
+                 dict(whole_text_rate=1.5), dict(whole_text_rate=float('nan'))]:
     with pytest.raises(ValueError, match='CM3Config'):
       CM3Config(**kwargs)
   rng = np.random.default_rng(0)

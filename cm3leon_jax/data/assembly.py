@@ -15,6 +15,7 @@ the query (CM3Leon's choice; RA-CM3 used 0.1).
 import dataclasses
 from typing import Optional, Sequence, Tuple
 
+import gin
 import numpy as np
 
 from cm3leon_jax import objective
@@ -23,6 +24,7 @@ from cm3leon_jax import objective
 DocumentTokens = Tuple[np.ndarray, np.ndarray]
 
 
+@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class AssemblyConfig:
   """How documents become one training example.

@@ -33,15 +33,15 @@ _WORKDIR = flags.DEFINE_string('workdir', '/tmp/cm3leon_quickstart', 'Where ever
 _TRAIN_DOCUMENTS = flags.DEFINE_integer('train_documents', 6000, 'Synthetic training pairs.')
 _VALIDATION_DOCUMENTS = flags.DEFINE_integer('validation_documents', 500,
                                              'Synthetic validation pairs.')
-_TOKENIZER_STEPS = flags.DEFINE_integer('tokenizer_steps', 600, 'Image tokenizer training steps.')
+_TOKENIZER_STEPS = flags.DEFINE_integer('tokenizer_steps', 1300, 'Image tokenizer training steps.')
 _CLIP_STEPS = flags.DEFINE_integer('clip_steps', 300, 'CLIP training steps.')
 _SEARCH_CANDIDATES = flags.DEFINE_integer(
     'search_candidates', 128, 'Candidates searched per document: synthetic documents are alike, '
     'so many score above the 0.9 near-copy threshold.')
 _JUDGED_EXAMPLES = flags.DEFINE_integer(
-    'judged_examples', 128, 'Held-out examples drawn from their captions, and captioned, for the '
+    'judged_examples', 256, 'Held-out examples drawn from their captions, and captioned, for the '
     'report.')
-_GUIDANCE_SCALE = flags.DEFINE_float('guidance_scale', 3.0, 'Classifier-free guidance scale of '
+_GUIDANCE_SCALE = flags.DEFINE_float('guidance_scale', 5.0, 'Classifier-free guidance scale of '
                                      'the report\'s samples.')
 _GIN_BINDINGS = flags.DEFINE_multi_string('gin_bindings', [],
                                           'Extra bindings for the training run.')
@@ -51,7 +51,7 @@ _BASELINE_BATCHES = flags.DEFINE_integer('baseline_batches', 100,
 
 # Bumped when the stages change what they write: a workdir from another version is cleared of
 # stage outputs (only those) rather than resumed into a mix of old and new.
-VERSION = 2
+VERSION = 3
 _STAGE_OUTPUTS = ('data', 'image_tokenizer', 'clip', 'model', 'report.json', 'loss_curve.png',
                   'samples.png', 'samples.json')
 
@@ -181,7 +181,11 @@ def sample_and_judge(workdir: str, model_dir: str) -> dict:
   sampling = DecodingConfig(temperature=1.0, top_p=0.9, seed=0)
   guided = dataclasses.replace(sampling, guidance_scale=_GUIDANCE_SCALE.value)
   with_cfg, images = synthetic_eval.evaluate_text_to_image(pretrained, captions, guided)
-  without_cfg, _ = synthetic_eval.evaluate_text_to_image(pretrained, captions, sampling)
+  without_cfg, unguided = synthetic_eval.evaluate_text_to_image(pretrained, captions, sampling)
+  cfg_gain = {name: synthetic_eval.paired_difference(measure(images, captions),
+                                                     measure(unguided, captions))
+              for name, measure in (('main_object', synthetic_eval.main_object_passes),
+                                    ('caption_score', synthetic_eval.caption_scores))}
   captioning, generated = synthetic_eval.evaluate_captioning(pretrained, examples,
                                                              DecodingConfig(temperature=0.0))
   grid_path = os.path.join(workdir, 'samples.png')
@@ -193,6 +197,7 @@ def sample_and_judge(workdir: str, model_dir: str) -> dict:
                                       for c, g in zip(captions[:16], generated[:16])]}, f, indent=2)
   return {'held_out_examples': len(examples), 'guidance_scale': _GUIDANCE_SCALE.value,
           'text_to_image_with_cfg': with_cfg, 'text_to_image_without_cfg': without_cfg,
+          'cfg_minus_no_cfg': cfg_gain,
           'captioning': captioning, 'samples_grid': grid_path}
 
 
@@ -238,7 +243,11 @@ def main(argv):
   print(f"Samples ({judged['samples_grid']}) show their caption's main object: "
         f"{judged['text_to_image_with_cfg']['main_object']:.1%} with CFG, "
         f"{judged['text_to_image_without_cfg']['main_object']:.1%} without, "
-        f"{judged['text_to_image_with_cfg']['chance']:.1%} by chance. Captions name the image's "
+        f"{judged['text_to_image_with_cfg']['chance']:.1%} by chance; mean caption score "
+        f"{judged['text_to_image_with_cfg']['caption_score']:.3f} with CFG, "
+        f"{judged['text_to_image_without_cfg']['caption_score']:.3f} without, "
+        f"{judged['text_to_image_with_cfg']['caption_score_chance']:.3f} by chance. "
+        f"Captions name the image's "
         f"main object: {judged['captioning']['main_object']:.1%} "
         f"(chance {judged['captioning']['chance']:.1%}).")
 

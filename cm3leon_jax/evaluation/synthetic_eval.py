@@ -63,14 +63,40 @@ def held_out_examples(count: int, resolution: int, start: int = HELD_OUT_START):
   return list(dataset.examples(start, count))
 
 
+def main_object_passes(images: np.ndarray, captions: Sequence[str]) -> np.ndarray:
+  """Per image [P], whether it shows its caption's main object."""
+  return np.array([image_shows_main_object(i, c) for i, c in zip(images, captions)])
+
+
+def caption_scores(images: np.ndarray, captions: Sequence[str]) -> np.ndarray:
+  """Per image [P], the fraction of its caption's facts it satisfies (synthetic_judge)."""
+  return np.array([caption_score(i, c) for i, c in zip(images, captions)])
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, draws: int = 10_000,
+                      seed: int = 0) -> Dict[str, float]:
+  """Mean of a - b over paired outcomes (0/1 or scores), with a 95% bootstrap interval.
+
+  Pairs share a prompt, so resampling prompts (not the two arms separately) keeps the pairing;
+  `a_only` / `b_only` count the prompts only one arm passed (McNemar's discordant pairs).
+  """
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  rng = np.random.default_rng(seed)
+  picks = rng.integers(0, len(a), size=(draws, len(a)))
+  means = (a[picks] - b[picks]).mean(axis=1)
+  low, high = np.percentile(means, [2.5, 97.5])
+  return {'difference': float((a - b).mean()), 'ci95_low': float(low), 'ci95_high': float(high),
+          'a_only': int(((a == 1) & (b == 0)).sum()), 'b_only': int(((a == 0) & (b == 1)).sum())}
+
+
 def text_to_image_rates(images: np.ndarray, captions: Sequence[str]) -> Dict[str, float]:
   """Main-object rate, chance rate (shuffled captions) and mean caption score of images [P, ...]."""
   shuffled = [captions[i] for i in derangement(len(captions))]
-  return {'main_object': float(np.mean([image_shows_main_object(i, c)
-                                        for i, c in zip(images, captions)])),
+  return {'main_object': float(np.mean(main_object_passes(images, captions))),
           'chance': float(np.mean([image_shows_main_object(i, c)
                                    for i, c in zip(images, shuffled)])),
-          'caption_score': float(np.mean([caption_score(i, c) for i, c in zip(images, captions)]))}
+          'caption_score': float(np.mean(caption_scores(images, captions))),
+          'caption_score_chance': float(np.mean(caption_scores(images, shuffled)))}
 
 
 def evaluate_text_to_image(pretrained: Pretrained, captions: Sequence[str],

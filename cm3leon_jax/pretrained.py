@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from cm3leon_jax import checkpoints, objective
+from cm3leon_jax.interop.layers_tree import unstack_layers
 from cm3leon_jax.models.config import DecoderConfig
 from cm3leon_jax.models.decoder import Decoder, init_params
 from cm3leon_jax.vocab import MultimodalVocabulary
@@ -89,12 +90,17 @@ class Pretrained:
   _image_tokenizer: Any = None
 
   @classmethod
-  def load(cls, model_dir: str, image_tokenizer: Optional[str] = None) -> 'Pretrained':
+  def load(cls, model_dir: str, image_tokenizer: Optional[str] = None,
+           unroll_layers: bool = True) -> 'Pretrained':
     """The newest checkpoint of a training run, or an exported model folder.
 
     Args:
       model_dir: the run's MODEL_DIR, or a folder written by export.export_model.
       image_tokenizer: an ImageTokenizer folder overriding the one model.json names.
+      unroll_layers: give a model trained with scan_layers its blocks unrolled (`layers_{i}`):
+        one decoding step then reads each layer's weights in place instead of slicing them out
+        of the stacked arrays, which is faster (tools/benchmark.py generate
+        --generate_scan_layers). False keeps the stored layout (export does).
     """
     spec_path = os.path.join(model_dir, MODEL_FILE)
     if not os.path.exists(spec_path):
@@ -108,6 +114,9 @@ class Pretrained:
       params = _exported_params(model_dir, model.config, spec['weights'])
     else:
       params = _checkpoint_params(model_dir, model)
+    if unroll_layers and model.config.scan_layers:
+      model = Decoder(model.config.replace(scan_layers=False))
+      params = unstack_layers(params, model.config.num_layers)
     vocab = _vocabulary(model_dir, spec['vocabulary'])
     cm3 = objective.CM3Config(**spec.get('cm3', {}))
     named = spec.get('image_tokenizer')

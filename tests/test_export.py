@@ -17,6 +17,7 @@ from cm3leon_jax import generation, objective
 from cm3leon_jax.data.store import text_vocabulary
 from cm3leon_jax.decoding import DecodingConfig
 from cm3leon_jax.export import export_model
+from cm3leon_jax.interop.layers_tree import unstack_layers
 from cm3leon_jax.pretrained import Pretrained, PretrainedError
 from cm3leon_jax.vocab import MultimodalVocabulary
 
@@ -46,18 +47,25 @@ def assert_same_leaves(a, b):
 @pytest.mark.parametrize('family', ['cm3leon', 'chameleon'])
 def test_an_export_loads_back_to_the_same_model_and_samples(parts, tmp_path, family):
   model = a_model(parts, family, objective.CM3Config(sentinel_style='mask'))
-  exported = Pretrained.load(export_model(model, str(tmp_path / 'exported')))
-  assert exported.model.config == model.model.config
+  folder = export_model(model, str(tmp_path / 'exported'))
+  stored = Pretrained.load(folder, unroll_layers=False)
+  assert stored.model.config == model.model.config
+  assert_same_leaves(stored.params, model.params)
+  exported = Pretrained.load(folder)  # For decoding, the scanned blocks come unrolled.
+  assert exported.model.config == model.model.config.replace(scan_layers=False)
+  assert_same_leaves(exported.params, unstack_layers(model.params, model.model.config.num_layers))
   assert exported.cm3 == model.cm3
-  assert_same_leaves(exported.params, model.params)
   assert exported.vocab.vocab_size == model.vocab.vocab_size
   assert exported.vocab.encode('a red circle') == model.vocab.encode('a red circle')
   # The tokenizer is a copy inside the folder, named relative to it.
   assert exported.image_tokenizer_path == str(tmp_path / 'exported' / 'image_tokenizer')
   assert_same_leaves(exported.image_tokenizer.params, model.image_tokenizer.params)
-  _, ids = generation.text_to_image(exported, ['a large red circle'], SAMPLING)
+  _, ids = generation.text_to_image(stored, ['a large red circle'], SAMPLING)
   _, expected = generation.text_to_image(model, ['a large red circle'], SAMPLING)
   np.testing.assert_array_equal(ids, expected)
+  tokens = jnp.asarray([model.vocab.encode('a small blue square')])
+  np.testing.assert_allclose(exported.model.apply({'params': exported.params}, tokens),
+                             model.model.apply({'params': model.params}, tokens), atol=1e-5)
 
 
 def test_a_bfloat16_export_is_half_the_size_and_rounds_the_weights(parts, tmp_path):
@@ -66,7 +74,7 @@ def test_a_bfloat16_export_is_half_the_size_and_rounds_the_weights(parts, tmp_pa
   half = export_model(model, str(tmp_path / 'half'), dtype='bfloat16')
   sizes = [os.path.getsize(os.path.join(d, 'model.safetensors')) for d in (full, half)]
   assert sizes[1] < 0.51 * sizes[0]
-  loaded = Pretrained.load(half)
+  loaded = Pretrained.load(half, unroll_layers=False)
   rounded = jax.tree.map(lambda x: np.asarray(x).astype(ml_dtypes.bfloat16).astype(np.float32),
                          model.params)
   assert_same_leaves(loaded.params, rounded)

@@ -30,7 +30,7 @@ def define_flags():
 
 def main(argv):
   del argv
-  model = Pretrained.load(FLAGS.checkpoint, FLAGS.image_tokenizer)
+  model = Pretrained.load(FLAGS.checkpoint, FLAGS.image_tokenizer, unroll_layers=False)
   print(export_model(model, FLAGS.output_dir, FLAGS.dtype))
 
 

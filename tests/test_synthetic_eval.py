@@ -41,3 +41,4 @@ def test_caption_scores_of_real_images_beat_their_shuffled_chance():
   rates = synthetic_eval.text_to_image_rates(images, captions)
   assert rates['caption_score'] == synthetic_eval.caption_scores(images, captions).mean() > 0.95
   assert rates['caption_score_chance'] < 0.8
+  assert rates['half_the_facts'] == 1.0 > rates['half_the_facts_chance']

@@ -185,6 +185,7 @@ def sample_and_judge(workdir: str, model_dir: str) -> dict:
   cfg_gain = {name: synthetic_eval.paired_difference(measure(images, captions),
                                                      measure(unguided, captions))
               for name, measure in (('main_object', synthetic_eval.main_object_passes),
+                                    ('half_the_facts', synthetic_eval.half_the_facts),
                                     ('caption_score', synthetic_eval.caption_scores))}
   captioning, generated = synthetic_eval.evaluate_captioning(pretrained, examples,
                                                              DecodingConfig(temperature=0.0))
@@ -246,7 +247,10 @@ def main(argv):
         f"{judged['text_to_image_with_cfg']['chance']:.1%} by chance; mean caption score "
         f"{judged['text_to_image_with_cfg']['caption_score']:.3f} with CFG, "
         f"{judged['text_to_image_without_cfg']['caption_score']:.3f} without, "
-        f"{judged['text_to_image_with_cfg']['caption_score_chance']:.3f} by chance. "
+        f"{judged['text_to_image_with_cfg']['caption_score_chance']:.3f} by chance; at least half "
+        f"of the caption's facts: {judged['text_to_image_with_cfg']['half_the_facts']:.1%} with "
+        f"CFG, {judged['text_to_image_without_cfg']['half_the_facts']:.1%} without, "
+        f"{judged['text_to_image_with_cfg']['half_the_facts_chance']:.1%} by chance. "
         f"Captions name the image's "
         f"main object: {judged['captioning']['main_object']:.1%} "
         f"(chance {judged['captioning']['chance']:.1%}).")

@@ -73,6 +73,11 @@ def caption_scores(images: np.ndarray, captions: Sequence[str]) -> np.ndarray:
   return np.array([caption_score(i, c) for i, c in zip(images, captions)])
 
 
+def half_the_facts(images: np.ndarray, captions: Sequence[str]) -> np.ndarray:
+  """Per image [P], whether it satisfies at least half of its caption's facts."""
+  return caption_scores(images, captions) >= 0.5
+
+
 def paired_difference(a: np.ndarray, b: np.ndarray, draws: int = 10_000,
                       seed: int = 0) -> Dict[str, float]:
   """Mean of a - b over paired outcomes (0/1 or scores), with a 95% bootstrap interval.
@@ -93,6 +98,8 @@ def text_to_image_rates(images: np.ndarray, captions: Sequence[str]) -> Dict[str
   """Main-object rate, chance rate (shuffled captions) and mean caption score of images [P, ...]."""
   shuffled = [captions[i] for i in derangement(len(captions))]
   return {'main_object': float(np.mean(main_object_passes(images, captions))),
+          'half_the_facts': float(np.mean(half_the_facts(images, captions))),
+          'half_the_facts_chance': float(np.mean(half_the_facts(images, shuffled))),
           'chance': float(np.mean([image_shows_main_object(i, c)
                                    for i, c in zip(images, shuffled)])),
           'caption_score': float(np.mean(caption_scores(images, captions))),

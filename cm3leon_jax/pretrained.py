@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from cm3leon_jax import checkpoints, objective
+from cm3leon_jax.interop import hf_chameleon, hf_opt
 from cm3leon_jax.interop.layers_tree import unstack_layers
 from cm3leon_jax.models.config import DecoderConfig
 from cm3leon_jax.models.decoder import Decoder, init_params
@@ -167,7 +168,6 @@ def _checkpoint_params(model_dir: str, model: Decoder):
 
 def _exported_params(model_dir: str, config: DecoderConfig, weights: Dict[str, str]):
   """Parameters of an exported folder, read from its transformers-layout safetensors."""
-  from cm3leon_jax.interop import hf_chameleon, hf_opt  # pylint: disable=g-import-not-at-top
   loaders = {'cm3leon': hf_opt.load_opt, 'chameleon': hf_chameleon.load_chameleon}
   if weights.get('format') not in loaders:
     raise PretrainedError(f'{model_dir}/{MODEL_FILE} names weights of format '

@@ -241,19 +241,23 @@ def main(argv):
   print(json.dumps(summary, indent=2))
   print(f"Validation loss {summary['validation_loss']:.3f} vs unigram baseline "
         f"{summary['unigram_baseline']:.3f}; curve: {summary['loss_curve']}")
-  print(f"Samples ({judged['samples_grid']}) show their caption's main object: "
-        f"{judged['text_to_image_with_cfg']['main_object']:.1%} with CFG, "
-        f"{judged['text_to_image_without_cfg']['main_object']:.1%} without, "
-        f"{judged['text_to_image_with_cfg']['chance']:.1%} by chance; mean caption score "
-        f"{judged['text_to_image_with_cfg']['caption_score']:.3f} with CFG, "
-        f"{judged['text_to_image_without_cfg']['caption_score']:.3f} without, "
-        f"{judged['text_to_image_with_cfg']['caption_score_chance']:.3f} by chance; at least half "
-        f"of the caption's facts: {judged['text_to_image_with_cfg']['half_the_facts']:.1%} with "
-        f"CFG, {judged['text_to_image_without_cfg']['half_the_facts']:.1%} without, "
-        f"{judged['text_to_image_with_cfg']['half_the_facts_chance']:.1%} by chance. "
-        f"Captions name the image's "
-        f"main object: {judged['captioning']['main_object']:.1%} "
-        f"(chance {judged['captioning']['chance']:.1%}).")
+  print(describe_samples(judged))
+
+
+def describe_samples(judged: dict) -> str:
+  """One paragraph of the judged samples' rates, with and without CFG, against chance."""
+  guided, unguided = judged['text_to_image_with_cfg'], judged['text_to_image_without_cfg']
+  rates = []
+  for label, key, chance, style in (("main object", 'main_object', 'chance', '.1%'),
+                                    ("at least half of the caption's facts", 'half_the_facts',
+                                     'half_the_facts_chance', '.1%'),
+                                    ("mean caption score", 'caption_score',
+                                     'caption_score_chance', '.3f')):
+    rates.append(f'{label} {guided[key]:{style}} with CFG, {unguided[key]:{style}} without, '
+                 f'{guided[chance]:{style}} by chance')
+  captioning = judged['captioning']
+  return (f"Samples ({judged['samples_grid']}): {'; '.join(rates)}. Captions name the image's "
+          f"main object: {captioning['main_object']:.1%} (chance {captioning['chance']:.1%}).")
 
 
 if __name__ == '__main__':

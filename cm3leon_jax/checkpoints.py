@@ -40,9 +40,12 @@ def _path(key_path) -> str:
   return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in key_path)
 
 
-def check_param_shapes(state_dir: str, abstract_params) -> None:
-  """Raise CheckpointShapeError unless `state_dir` holds exactly `abstract_params`' shapes."""
-  saved = saved_param_shapes(state_dir)
+def check_param_shapes(state_dir: str, abstract_params, saved: Optional[dict] = None) -> None:
+  """Raise CheckpointShapeError unless `state_dir` holds exactly `abstract_params`' shapes.
+
+  `saved`: its saved_param_shapes, when the caller has already read them.
+  """
+  saved = saved_param_shapes(state_dir) if saved is None else saved
   wanted = {_path(p): tuple(leaf.shape)
             for p, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
   for name in sorted(set(saved) | set(wanted)):
@@ -125,10 +128,10 @@ class Checkpointer:
     the run over and then overwrite it)."""
     state_dir = os.path.join(self.directory, str(step), STATE)
     try:
-      saved_param_shapes(state_dir)
+      saved = saved_param_shapes(state_dir)
     except Exception:  # pylint: disable=broad-except  (unreadable: restore reports and skips it)
       return
-    check_param_shapes(state_dir, abstract_params)
+    check_param_shapes(state_dir, abstract_params, saved)
 
   def wait(self):
     """Block until the last async save is on disk."""

@@ -20,8 +20,6 @@ import numpy as np
 from absl import logging
 
 from cm3leon_jax import pretrained as pretrained_lib
-from cm3leon_jax.interop.hf_chameleon import save_chameleon
-from cm3leon_jax.interop.hf_opt import save_opt
 from cm3leon_jax.pretrained import Pretrained, PretrainedError
 
 IMAGE_TOKENIZER_DIR = 'image_tokenizer'
@@ -30,12 +28,10 @@ IMAGE_TOKENIZER_DIR = 'image_tokenizer'
 def _save_weights(model: Pretrained, output_dir: str, dtype: Optional[str]) -> str:
   """Write the decoder in its family's transformers layout; returns the layout's name."""
   config = model.model.config
-  if config.family == 'cm3leon':
-    save_opt(output_dir, config, model.params, dtype)
-  elif config.family == 'chameleon':
-    save_chameleon(output_dir, config, model.params, dtype)
-  else:
+  if config.family not in pretrained_lib.WEIGHT_FORMATS:
     raise PretrainedError(f'No export layout for model family {config.family!r}.')
+  _, save = pretrained_lib.WEIGHT_FORMATS[config.family]
+  save(output_dir, config, model.params, dtype)
   return config.family
 
 

@@ -34,6 +34,10 @@ from cm3leon_jax.vocab import MultimodalVocabulary
 
 MODEL_FILE = 'model.json'
 
+# Exported weights: model family -> (loader, saver) of its transformers layout.
+WEIGHT_FORMATS = {'cm3leon': (hf_opt.load_opt, hf_opt.save_opt),
+                  'chameleon': (hf_chameleon.load_chameleon, hf_chameleon.save_chameleon)}
+
 
 class PretrainedError(ValueError):
   """A folder that cannot be sampled from; the message names what is missing and the fix."""
@@ -110,14 +114,15 @@ class Pretrained:
                             'exported model (tools/export.py).')
     with open(spec_path, encoding='utf-8') as f:
       spec = json.load(f)
-    model = Decoder(_decoder_config(spec['model_config']))
-    if 'weights' in spec:
-      params = _exported_params(model_dir, model.config, spec['weights'])
+    stored = _decoder_config(spec['model_config'])
+    config = stored.replace(scan_layers=False) if unroll_layers else stored
+    if 'weights' in spec:  # The loader lays the parameters out for `config` directly.
+      params = _exported_params(model_dir, config, spec['weights'])
     else:
-      params = _checkpoint_params(model_dir, model)
-    if unroll_layers and model.config.scan_layers:
-      model = Decoder(model.config.replace(scan_layers=False))
-      params = unstack_layers(params, model.config.num_layers)
+      params = _checkpoint_params(model_dir, Decoder(stored))
+      if config.scan_layers != stored.scan_layers:
+        params = unstack_layers(params, config.num_layers)
+    model = Decoder(config)
     vocab = _vocabulary(model_dir, spec['vocabulary'])
     cm3 = objective.CM3Config(**spec.get('cm3', {}))
     named = spec.get('image_tokenizer')
@@ -168,12 +173,13 @@ def _checkpoint_params(model_dir: str, model: Decoder):
 
 def _exported_params(model_dir: str, config: DecoderConfig, weights: Dict[str, str]):
   """Parameters of an exported folder, read from its transformers-layout safetensors."""
-  loaders = {'cm3leon': hf_opt.load_opt, 'chameleon': hf_chameleon.load_chameleon}
-  if weights.get('format') not in loaders:
+  if weights.get('format') not in WEIGHT_FORMATS:
     raise PretrainedError(f'{model_dir}/{MODEL_FILE} names weights of format '
-                          f'{weights.get("format")!r}; this version reads {sorted(loaders)}.')
+                          f'{weights.get("format")!r}; this version reads '
+                          f'{sorted(WEIGHT_FORMATS)}.')
+  load, _ = WEIGHT_FORMATS[weights['format']]
   try:
-    _, params = loaders[weights['format']](model_dir, config)
+    _, params = load(model_dir, config)
   except FileNotFoundError as e:
     raise PretrainedError(f'{model_dir} is an exported model without its weights: {e}') from e
   return jax.device_put(params)

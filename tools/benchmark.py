@@ -302,27 +302,15 @@ def decoder_table(config, threads, attn_impl, ours_s, peer_s, per_token, per_tok
   """The decoder benchmark's markdown report."""
   tokens = FLAGS.batch * FLAGS.seq_len
   ours_tps, peer_tps = tokens / ours_s, tokens / peer_s
-
-  def gflops(per_tok, tps):
-    return f'{per_tok * tps / 1e9:.1f}'
-
-  def pct(per_tok, tps):
-    return f'{100 * per_tok * tps / jax_peak:.1f}%'
-
-  rows = [
-      ('median step time (s)', f'{ours_s:.3f}', f'{peer_s:.3f}', f'{peer_s / ours_s:.3f}'),
-      ('tokens/s', f'{ours_tps:.1f}', f'{peer_tps:.1f}', f'{ours_tps / peer_tps:.3f}'),
-      ('model GFLOP/s (MaxText, causal attn)', gflops(per_token, ours_tps),
-       gflops(per_token, peer_tps), ''),
-      ('% of jnp matmul peak (MFU)', pct(per_token, ours_tps), pct(per_token, peer_tps), ''),
-      ('model GFLOP/s (attn counted in full)', gflops(per_token_full, ours_tps),
-       gflops(per_token_full, peer_tps), ''),
-      ('% of jnp matmul peak (attn in full)', pct(per_token_full, ours_tps),
-       pct(per_token_full, peer_tps), ''),
-      ('GFLOP/s by XLA cost analysis of our step', gflops(xla_per_token, ours_tps),
-       gflops(xla_per_token, peer_tps), ''),
+  rows = speed_rows(tokens, ours_s, peer_s, per_token, jax_peak) + [
+      ('model GFLOP/s (attn counted in full)', _gflops(per_token_full, ours_tps),
+       _gflops(per_token_full, peer_tps), ''),
+      ('% of jnp matmul peak (attn in full)', _percent_of(per_token_full, ours_tps, jax_peak),
+       _percent_of(per_token_full, peer_tps, jax_peak), ''),
+      ('GFLOP/s by XLA cost analysis of our step', _gflops(xla_per_token, ours_tps),
+       _gflops(xla_per_token, peer_tps), ''),
   ]
-  lines = [
+  header = [
       f'## decoder: forward+backward, float32, {threads} threads',
       '',
       shape_line(config),
@@ -331,13 +319,38 @@ def decoder_table(config, threads, attn_impl, ours_s, peer_s, per_token, per_tok
       f'training FLOPs/token: {per_token / 1e6:.2f} M (MaxText, causal attention halved), '
       f'{per_token_full / 1e6:.2f} M (full attention), {xla_per_token / 1e6:.2f} M (XLA count)',
       matmul_line(jax_peak, torch_peak),
-      f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}',
-      '',
-      '| metric | ours (cm3leon_jax) | peer (torch OPT) | ours/peer |',
-      '|---|---|---|---|',
   ]
-  lines += [f'| {" | ".join(row)} |' for row in rows]
-  return '\n'.join(lines)
+  return comparison_report(header, '| metric | ours (cm3leon_jax) | peer (torch OPT) | ours/peer |',
+                           rows)
+
+
+def _gflops(per_token: float, tokens_per_second: float) -> str:
+  return f'{per_token * tokens_per_second / 1e9:.1f}'
+
+
+def _percent_of(per_token: float, tokens_per_second: float, peak: float) -> str:
+  return f'{100 * per_token * tokens_per_second / peak:.1f}%'
+
+
+def speed_rows(tokens: int, ours_s: float, peer_s: float, per_token: float, jax_peak: float):
+  """Step time, tokens/s, model GFLOP/s and MFU rows of a table comparing ours with the peer."""
+  ours_tps, peer_tps = tokens / ours_s, tokens / peer_s
+  return [
+      ('median step time (s)', f'{ours_s:.3f}', f'{peer_s:.3f}', f'{peer_s / ours_s:.3f}'),
+      ('tokens/s', f'{ours_tps:.1f}', f'{peer_tps:.1f}', f'{ours_tps / peer_tps:.3f}'),
+      ('model GFLOP/s (MaxText, causal attn)', _gflops(per_token, ours_tps),
+       _gflops(per_token, peer_tps), ''),
+      ('% of jnp matmul peak (MFU)', _percent_of(per_token, ours_tps, jax_peak),
+       _percent_of(per_token, peer_tps, jax_peak), ''),
+  ]
+
+
+def comparison_report(header_lines, columns: str, rows) -> str:
+  """A benchmark's markdown report: its header lines, XLA_FLAGS, then the rows under `columns`."""
+  separator = '|' + '---|' * columns.count(' | ') + '---|'
+  lines = list(header_lines) + [f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}', '', columns,
+                                separator]
+  return '\n'.join(lines + [f'| {" | ".join(row)} |' for row in rows])
 
 
 def train_optimizer_config() -> optimizer_lib.OptimizerConfig:
@@ -429,20 +442,11 @@ def train_benchmark() -> str:
 def train_table(config, opt_config, threads, seconds, ours_params, peer_params, jax_peak,
                 torch_peak) -> str:
   """The train benchmark's markdown report."""
-  tokens = FLAGS.batch * FLAGS.seq_len
-  ours_s, peer_s = seconds['ours'], seconds['peer']
-  ours_tps, peer_tps = tokens / ours_s, tokens / peer_s
   per_token = flops.training_flops_per_token(config, FLAGS.seq_len)
-  rows = [
-      ('median step time (s)', f'{ours_s:.3f}', f'{peer_s:.3f}', f'{peer_s / ours_s:.3f}'),
-      ('tokens/s', f'{ours_tps:.1f}', f'{peer_tps:.1f}', f'{ours_tps / peer_tps:.3f}'),
-      ('model GFLOP/s (MaxText, causal attn)', f'{per_token * ours_tps / 1e9:.1f}',
-       f'{per_token * peer_tps / 1e9:.1f}', ''),
-      ('% of jnp matmul peak (MFU)', f'{100 * per_token * ours_tps / jax_peak:.1f}%',
-       f'{100 * per_token * peer_tps / jax_peak:.1f}%', ''),
-  ]
+  rows = speed_rows(FLAGS.batch * FLAGS.seq_len, seconds['ours'], seconds['peer'], per_token,
+                    jax_peak)
   total, decayed = ours_params
-  lines = [
+  header = [
       f'## train: full training step (forward, backward, clip, AdamW update), float32, '
       f'{threads} threads',
       '',
@@ -457,13 +461,10 @@ def train_table(config, opt_config, threads, seconds, ours_params, peer_params, 
       f'training FLOPs/token: {per_token / 1e6:.2f} M (MaxText, causal attention halved; the '
       f'optimizer update is not counted)',
       matmul_line(jax_peak, torch_peak),
-      f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}',
-      '',
-      '| metric | ours (cm3leon_jax trainer) | peer (torch OPT + AdamW) | ours/peer |',
-      '|---|---|---|---|',
   ]
-  lines += [f'| {" | ".join(row)} |' for row in rows]
-  return '\n'.join(lines)
+  return comparison_report(
+      header, '| metric | ours (cm3leon_jax trainer) | peer (torch OPT + AdamW) | ours/peer |',
+      rows)
 
 
 def shape_line(config: DecoderConfig) -> str:
@@ -554,16 +555,14 @@ def vqgan_table(config: VQGANConfig, threads: int, seconds, rate, agreement: flo
       f'steps={FLAGS.steps} (median) after warmup={FLAGS.warmup}',
       f'peer: taming-transformers modules, torch {_torch_version()}, eval, no_grad; ours: jax '
       f'{jax.__version__}, jitted; same weights, codes agree on {agreement:.2%} of positions',
-      f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}',
-      '',
-      '| step | ours (s) | peer (s) | ours images/s | peer images/s | ours/peer |',
-      '|---|---|---|---|---|---|',
   ]
+  rows = []
   for step in ('encode', 'decode'):
     ours, peer = f'ours_{step}', f'peer_{step}'
-    lines.append(f'| {step} | {seconds[ours]:.4f} | {seconds[peer]:.4f} | {rate[ours]:.2f} | '
-                 f'{rate[peer]:.2f} | {rate[ours] / rate[peer]:.3f} |')
-  return '\n'.join(lines)
+    rows.append((step, f'{seconds[ours]:.4f}', f'{seconds[peer]:.4f}', f'{rate[ours]:.2f}',
+                 f'{rate[peer]:.2f}', f'{rate[ours] / rate[peer]:.3f}'))
+  return comparison_report(
+      lines, '| step | ours (s) | peer (s) | ours images/s | peer images/s | ours/peer |', rows)
 
 
 BENCHMARKS = {

@@ -24,14 +24,17 @@ import gin
 import jax
 import numpy as np
 
-from cm3leon_jax import checkpoints, flops, gin_utils, objective, partitioning, pretrained
-from cm3leon_jax import optimizer as optimizer_lib
-from cm3leon_jax import train_state as state_lib
-from cm3leon_jax import training_samples
+from cm3leon_jax import flops, gin_utils, partitioning
+from cm3leon_jax.training import checkpoints
+from cm3leon_jax.data import objective
+from cm3leon_jax.decoding import pretrained
+from cm3leon_jax.training import optimizer as optimizer_lib
+from cm3leon_jax.training import state as state_lib
+from cm3leon_jax.evaluation import training_samples
 from cm3leon_jax.data import input_pipeline
 from cm3leon_jax.models.config import DecoderConfig
 from cm3leon_jax.models.decoder import Decoder
-from cm3leon_jax.training_metrics import MetricsLogger
+from cm3leon_jax.training.metrics import MetricsLogger
 
 FLAGS = flags.FLAGS
 
@@ -114,7 +117,7 @@ def _check_batch_size(batch_size: int, mesh) -> None:
 
 def _write_model_files(model_dir, model_config, mixture_or_task_name, vocab):
   """model.json and the text vocabulary: what samplers load besides the checkpoint."""
-  from tasks import stores  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.data import store_tasks as stores  # pylint: disable=g-import-not-at-top
   info = stores.task_store_info(mixture_or_task_name)
   image_tokenizer, cm3 = None, objective.CM3Config()
   if info is not None:
@@ -177,6 +180,7 @@ def train(model_dir: str,
   _check_model_dir(model_dir)
   mesh = partitioning.make_mesh(mesh_config, jax.devices()[:num_devices])
   _check_batch_size(batch_size, mesh)
+  import tasks  # pylint: disable=g-import-not-at-top,unused-import  (registers the standard tasks)
   input_pipeline.check_registered(mixture_or_task_name)
   os.makedirs(model_dir, exist_ok=True)
   _write_gin_config(model_dir, 'config.gin', gin.config_str())

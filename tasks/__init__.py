@@ -19,9 +19,8 @@ import os
 from absl import logging
 import seqio
 
-from tasks.stores import register_store_mixture, register_store_task
+from cm3leon_jax.data.store_tasks import DATA_DIR, register_store_mixture, register_store_task
 
-DATA_DIR = os.path.expanduser(os.environ.get('CM3LEON_DATA_DIR', '~/.cache/cm3leon_jax/data'))
 STANDARD_STORES = {'cm3leon_synthetic': 'synthetic', 'cm3leon_coco_captions': 'coco_captions'}
 RETRIEVED = '_retrieved'
 

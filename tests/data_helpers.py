@@ -10,20 +10,19 @@ import jax
 import numpy as np
 import seqio
 
-from cm3leon_jax import objective
+from cm3leon_jax.data import objective
 from cm3leon_jax.data import preprocess
 from cm3leon_jax.data.assembly import AssemblyConfig, TokenLayout
 from cm3leon_jax.data.seqio_ops import CM3FeatureConverter
 from cm3leon_jax.data.store import DocumentStore
-from cm3leon_jax.image_tokenizer import ImageTokenizer
+from cm3leon_jax.tokenizers.image import ImageTokenizer
 from cm3leon_jax.models.vqgan import VQGAN
+from cm3leon_jax.cli import train_text_tokenizer
 from cm3leon_jax.models.vqgan_config import VQGANConfig
-from cm3leon_jax.vocab import Image, Text
+from cm3leon_jax.tokenizers.multimodal import Image, Text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENGTH = 128  # Task feature length of the test batches.
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-import train_text_tokenizer  # noqa: E402  (tools/ is not a package)
 
 # A random-weight VQ-GAN: 32 px -> 4x4 codes of 64. Its codes are arbitrary but deterministic,
 # which is all the data pipeline needs.

@@ -1,10 +1,15 @@
 """Small configs and utilities shared by the tests."""
 
+import os
+
 import jax
 import flax.linen as nn
 
 from cm3leon_jax.models.config import DecoderConfig
 from cm3leon_jax.models.decoder import Decoder, init_params
+
+# The repository root.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(family='cm3leon', **overrides) -> DecoderConfig:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cm3leon_jax import objective
+from cm3leon_jax.data import objective
 from cm3leon_jax.data.assembly import AssemblyConfig, TokenLayout, assemble, document_tokens
 
 # Text ids [2, 100), eos 1, <break> 100, <infill> 101, <eoss> 102, <mask> 103, sentinels 104..119,

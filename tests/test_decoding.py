@@ -12,7 +12,7 @@ import pytest
 
 from cm3leon_jax import decoding
 from cm3leon_jax.decoding import DecodingConfig, DecodingError, ImageSpans, decode
-from cm3leon_jax.decoding_logits import combine_guidance
+from cm3leon_jax.decoding.logits import combine_guidance
 from cm3leon_jax.models.decoder import Decoder, init_params
 from helpers import tiny_config
 

@@ -16,7 +16,7 @@ from cm3leon_jax import decoding, interop
 from cm3leon_jax.decoding import DecodingConfig
 from cm3leon_jax.interop import hf_chameleon
 from cm3leon_jax.models.decoder import Decoder
-from cm3leon_jax.vocab import MultimodalVocabulary
+from cm3leon_jax.tokenizers.multimodal import MultimodalVocabulary
 
 VOCAB_SIZE, NEW_TOKENS = 256, 16
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]

@@ -13,13 +13,14 @@ import pytest
 
 import data_helpers
 from helpers import model_and_params, tiny_config
-from cm3leon_jax import generation, objective
+from cm3leon_jax.decoding import generation
+from cm3leon_jax.data import objective
 from cm3leon_jax.data.store import text_vocabulary
 from cm3leon_jax.decoding import DecodingConfig
-from cm3leon_jax.export import export_model
+from cm3leon_jax.decoding.export import export_model
 from cm3leon_jax.interop.layers_tree import unstack_layers
-from cm3leon_jax.pretrained import Pretrained, PretrainedError
-from cm3leon_jax.vocab import MultimodalVocabulary
+from cm3leon_jax.decoding.pretrained import Pretrained, PretrainedError
+from cm3leon_jax.tokenizers.multimodal import MultimodalVocabulary
 
 SAMPLING = DecodingConfig(temperature=1.0, top_p=0.9, num_decodes=2, seed=3)
 

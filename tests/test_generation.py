@@ -5,11 +5,12 @@ import pytest
 
 import data_helpers
 from helpers import model_and_params, tiny_config
-from cm3leon_jax import generation, objective
+from cm3leon_jax.decoding import generation
+from cm3leon_jax.data import objective
 from cm3leon_jax.data.store import text_vocabulary
 from cm3leon_jax.decoding import DecodingConfig, DecodingError, unconditional_prompt
-from cm3leon_jax.pretrained import Pretrained, PretrainedError
-from cm3leon_jax.vocab import MultimodalVocabulary
+from cm3leon_jax.decoding.pretrained import Pretrained, PretrainedError
+from cm3leon_jax.tokenizers.multimodal import MultimodalVocabulary
 
 SAMPLING = DecodingConfig(temperature=1.0, top_p=0.9, num_decodes=2, seed=3)
 N = 16  # The test tokenizer: 32 px -> 4 x 4 codes.

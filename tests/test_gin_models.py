@@ -52,7 +52,8 @@ RUN_FILES = sorted(glob.glob(os.path.join(gin_utils.GIN_DIR, 'runs', 'pretrain_*
                          ids=os.path.basename)
 def test_every_run_file_configures_the_trainer(path):
   import gin  # pylint: disable=g-import-not-at-top
-  from cm3leon_jax import optimizer, partitioning  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax import partitioning  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.training import optimizer
   gin_utils.parse([path])
   assert gin.query_parameter('%BATCH_SIZE') * gin.query_parameter('%TASK_FEATURE_LENGTHS')[
       'targets'] == 2048 * 4096  # The paper's 8M-token batches.

@@ -1,19 +1,16 @@
 """Tests of the ImageTokenizer (encode/decode, save/load) and tools/train_image_tokenizer.py."""
 
 import json
-import os
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from cm3leon_jax.image_tokenizer import ImageTokenizer, TokenizerCheckpointError
+from cm3leon_jax.tokenizers.image import ImageTokenizer, TokenizerCheckpointError
 from cm3leon_jax.models.vqgan import VQGAN
 from cm3leon_jax.models.vqgan_config import VQGANConfig
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'tools'))
-import train_image_tokenizer as tool  # noqa: E402  (tools/ is not a package)
+from cm3leon_jax.cli import train_image_tokenizer as tool
 
 # Smaller than gin/vqgan/tiny.gin so that compiling stays quick; same 8x8 code grid at 32 px.
 CONFIG = VQGANConfig(resolution=32, ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1, z_channels=32,

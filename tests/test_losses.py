@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from cm3leon_jax.losses import lm_loss
+from cm3leon_jax.training.losses import lm_loss
 
 
 def numpy_loss(logits, targets, weights, z_coefficient):

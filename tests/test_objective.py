@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cm3leon_jax.objective import (CM3Config, CM3Tokens, extra_tokens, infilling_prompt,
+from cm3leon_jax.data.objective import (CM3Config, CM3Tokens, extra_tokens, infilling_prompt,
                                    rearrange, restore, span_count_probabilities)
 
 # A tiny id layout: text [2, 100), eos 1, specials [100, 120), image codes [120, 184).
@@ -337,7 +337,7 @@ def test_invalid_arguments():
 
 
 def test_from_vocabulary():
-  from cm3leon_jax.vocab import MultimodalVocabulary  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.tokenizers.multimodal import MultimodalVocabulary  # pylint: disable=g-import-not-at-top
 
   class TextVocabulary:
     vocab_size, eos_id, unk_id = 100, 1, 2

@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from cm3leon_jax import partitioning
-from cm3leon_jax.losses import lm_loss
+from cm3leon_jax.training.losses import lm_loss
 from cm3leon_jax.models.decoder import Decoder
 from helpers import random_tokens, tiny_config
 

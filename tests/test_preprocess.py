@@ -14,7 +14,7 @@ from cm3leon_jax.data import preprocess
 from cm3leon_jax.data.sources import CocoCaptionsSource, JsonlSource, SyntheticSource, read_ranges
 from cm3leon_jax.data.store import DocumentStore, from_example_bytes, to_example_bytes, Document
 from cm3leon_jax.data.synthetic import SyntheticDataset
-from cm3leon_jax.image_tokenizer import ImageTokenizer
+from cm3leon_jax.tokenizers.image import ImageTokenizer
 
 
 @pytest.fixture(scope='module')

@@ -6,7 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from cm3leon_jax.retrieval.index import EncoderInfo, IndexConfig, MemoryIndex, RetrievalError
+from cm3leon_jax.retrieval.index import IndexConfig, MemoryIndex, RetrievalError
+from cm3leon_jax.tokenizers.document_encoder import EncoderInfo
 
 ENCODER = EncoderInfo('clip-test', 32, 'abc123')
 

@@ -20,12 +20,12 @@ from cm3leon_jax.data.sources import SyntheticSource
 from cm3leon_jax.data.store import DocumentStore
 from cm3leon_jax.models.clip import document_embedding
 from cm3leon_jax.retrieval import files, pipeline
-from cm3leon_jax.retrieval.encoder import DocumentEncoder, encoder_info
+from cm3leon_jax.tokenizers.document_encoder import DocumentEncoder, encoder_info
 from cm3leon_jax.retrieval.index import RetrievalError
 from cm3leon_jax.retrieval.retriever import Retriever
 from cm3leon_jax.retrieval.select import SelectionConfig
 import tasks
-import train_clip
+from cm3leon_jax.cli import train_clip
 
 SELECTION = SelectionConfig(k=2, max_score=1.0)
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from cm3leon_jax.retrieval.select import SelectionConfig, query_dropout, select_neighbours
+from cm3leon_jax.retrieval.select import SelectionConfig, select_neighbours
+from cm3leon_jax.tokenizers.document_encoder import query_dropout
 
 IDS = ['q', 'copy', 'a', 'a_dup', 'b', 'c', 'text_only']
 SCORES = [1.0, 0.95, 0.85, 0.84, 0.8, 0.7, 0.88]

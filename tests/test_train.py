@@ -16,19 +16,20 @@ import pytest
 
 import data_helpers
 from data_helpers import run_tool
-from cm3leon_jax import checkpoints, gin_utils
+from cm3leon_jax import gin_utils
+from cm3leon_jax.training import checkpoints
 from cm3leon_jax import train as train_lib
 from cm3leon_jax.data import input_pipeline, preprocess
-from cm3leon_jax.pretrained import Pretrained
+from cm3leon_jax.decoding.pretrained import Pretrained
 from cm3leon_jax.data.sources import SyntheticSource
-from cm3leon_jax.training_metrics import read_metrics
+from cm3leon_jax.training.metrics import read_metrics
 import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TRAIN_GIN = """
 from __gin__ import dynamic_registration
-from cm3leon_jax import optimizer
+from cm3leon_jax.training import optimizer
 from cm3leon_jax import partitioning
 from cm3leon_jax import train
 from cm3leon_jax.models import config

@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -12,8 +11,7 @@ from cm3leon_jax.data.synthetic import SyntheticObject
 from cm3leon_jax.interop import hf_clip
 from cm3leon_jax.models.clip import CLIP
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'tools'))
-import train_clip as tool  # noqa: E402  (tools/ is not a package)
+from cm3leon_jax.cli import train_clip as tool
 
 CAPTIONS = ['a large red circle at the top left',
             'a small blue square left of a large green circle']

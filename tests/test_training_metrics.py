@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cm3leon_jax import training_metrics
-from cm3leon_jax.training_metrics import (MetricsLogger, image_grid, plot_loss_curve,
+from cm3leon_jax.training import metrics as training_metrics
+from cm3leon_jax.training.metrics import (MetricsLogger, image_grid, plot_loss_curve,
                                           read_metrics)
 
 

@@ -11,8 +11,8 @@ import tensorflow as tf
 import tokenizers
 from tokenizers import models, pre_tokenizers, trainers, decoders
 
-from cm3leon_jax.tokenizers_vocab import TokenizersVocabulary
-from cm3leon_jax.vocab import Image, MultimodalVocabulary, Special, Text
+from cm3leon_jax.tokenizers.text import TokenizersVocabulary
+from cm3leon_jax.tokenizers.multimodal import Image, MultimodalVocabulary, Special, Text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

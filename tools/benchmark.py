@@ -9,8 +9,8 @@ Benchmarks (the positional NAME; add new ones to ``BENCHMARKS``):
     decoder in float32 against transformers' OPTForCausalLM of the same shape, same batch, same
     sequence length and the same number of threads. It also measures this machine's float32 matmul
     rate with jnp and reports our model FLOP/s (cm3leon_jax.flops) against it.
-  train: the full training step of our trainer (cm3leon_jax.train_state's jitted step with the
-    AdamW + clipping of cm3leon_jax.optimizer, donated state, 1-device mesh) against the same OPT
+  train: the full training step of our trainer (cm3leon_jax.training.state's jitted step with the
+    AdamW + clipping of cm3leon_jax.training.optimizer, donated state, 1-device mesh) against the same OPT
     peer trained by torch.optim.AdamW with gradient-norm clipping: tokens/s of both, the ratio and
     our MFU against the measured jnp matmul peak. Same shape flags as `decoder`.
   pipeline: packed seqio batches/s of the quickstart input pipeline against the batches/s the
@@ -53,11 +53,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cm3leon_jax import flops  # pylint: disable=g-import-not-at-top
 from cm3leon_jax import gin_utils  # pylint: disable=g-import-not-at-top
-from cm3leon_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+from cm3leon_jax.training import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
 from cm3leon_jax import partitioning  # pylint: disable=g-import-not-at-top
-from cm3leon_jax import train_state as state_lib  # pylint: disable=g-import-not-at-top
+from cm3leon_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.interop import taming_reference, taming_vqgan  # pylint: disable=g-import-not-at-top
-from cm3leon_jax.losses import lm_loss  # pylint: disable=g-import-not-at-top
+from cm3leon_jax.training.losses import lm_loss  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.models.config import DecoderConfig  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.models.decoder import Decoder, init_params  # pylint: disable=g-import-not-at-top
 from cm3leon_jax.models.vqgan import VQGAN  # pylint: disable=g-import-not-at-top
@@ -454,7 +454,7 @@ def train_table(config, opt_config, threads, seconds, ours_params, peer_params, 
       f'optimizer (both): AdamW lr={opt_config.peak_learning_rate:g} constant, '
       f'betas=({opt_config.b1:g}, {opt_config.b2:g}), eps={opt_config.eps:g}, '
       f'weight_decay={opt_config.weight_decay:g}, global-norm clip {opt_config.clip_norm:g}',
-      f'ours: cm3leon_jax.train_state.jit_train_step on a 1-device mesh, state donated, jax '
+      f'ours: cm3leon_jax.training.state.jit_train_step on a 1-device mesh, state donated, jax '
       f'{jax.__version__}; {total} params ({decayed} decayed)',
       f'peer: transformers OPTForCausalLM + torch.optim.AdamW + clip_grad_norm_, torch '
       f'{_torch_version()}; {peer_params} params (all decayed)',

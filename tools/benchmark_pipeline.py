@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from cm3leon_jax import gin_utils
-from cm3leon_jax.losses import lm_loss
+from cm3leon_jax.training.losses import lm_loss
 from cm3leon_jax.models.config import DecoderConfig
 from cm3leon_jax.models.decoder import Decoder, init_params
 from cm3leon_jax.models.vqgan import VQGAN
@@ -49,7 +49,7 @@ QUICKSTART_DECODER = dict(family='cm3leon', num_layers=4, embed_dim=128, num_hea
 def make_tokenizers(directory: str):
   """(text vocabulary path, image tokenizer folder): a 128-piece BPE and an untrained tiny VQ-GAN."""
   import train_text_tokenizer  # pylint: disable=g-import-not-at-top  (tools/ is on sys.path)
-  from cm3leon_jax.image_tokenizer import ImageTokenizer  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.tokenizers.image import ImageTokenizer  # pylint: disable=g-import-not-at-top
   text = train_text_tokenizer.train(train_text_tokenizer.synthetic_captions(2000),
                                     os.path.join(directory, 'text.model'), 128)
   config = gin_utils.vqgan_config(['vqgan/tiny.gin'])

@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Tuple
 import gin
 import numpy as np
 
-from cm3leon_jax import objective
+from cm3leon_jax.data import objective
 
 # A document as the store keeps it: (text ids, raw image codes); either may be empty.
 DocumentTokens = Tuple[np.ndarray, np.ndarray]

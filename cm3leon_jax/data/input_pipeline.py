@@ -12,6 +12,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from cm3leon_jax.data import store_tasks
 from cm3leon_jax.data.seqio_ops import CM3FeatureConverter
 
 
@@ -63,14 +64,13 @@ def to_global(host_batch: Mapping[str, np.ndarray], sharding) -> Dict[str, jax.A
 
 def check_registered(mixture_or_task_name: str) -> None:
   """Raise ValueError naming the registered tasks unless `mixture_or_task_name` is one."""
-  import tasks  # pylint: disable=g-import-not-at-top  (registers the standard tasks)
   known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
   if mixture_or_task_name not in known:
     raise ValueError(
         f'Unknown seqio task or mixture {mixture_or_task_name!r}. Registered: '
         f'{sorted(n for n in known if n.startswith("cm3leon")) or "none of this project"}. The '
         f'standard tasks register once their store exists under $CM3LEON_DATA_DIR '
-        f'({tasks.DATA_DIR}); other stores with tasks.register_store_task.')
+        f'({store_tasks.DATA_DIR}); other stores with tasks.register_store_task.')
 
 
 def vocabulary(mixture_or_task_name: str):

@@ -18,17 +18,18 @@ import os
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 import numpy as np
 import tensorflow as tf
 
 from cm3leon_jax.data import images as image_lib
+from cm3leon_jax.data.beam import WriteShard, local_runner_by_default
 from cm3leon_jax.data import store as store_lib
 from cm3leon_jax.data.sources import RawRecord, read_ranges
 from cm3leon_jax.interop import hf_clip
 from cm3leon_jax.interop.checkpoint_files import read_config
 from cm3leon_jax.models.clip_config import from_hf_config_dict
-from cm3leon_jax.retrieval import encoder as encoder_lib
+from cm3leon_jax.tokenizers import document_encoder as encoder_lib
 
 COUNTER_NAMESPACE = 'cm3leon_preprocess'
 BAD_REASONS = ('unreadable_record', 'no_image', 'bad_image', 'no_text', 'empty_text',
@@ -165,7 +166,7 @@ class EncodeImages(beam.DoFn):
 
   def setup(self):
     # JAX starts only on workers.
-    from cm3leon_jax.image_tokenizer import ImageTokenizer  # pylint: disable=g-import-not-at-top
+    from cm3leon_jax.tokenizers.image import ImageTokenizer  # pylint: disable=g-import-not-at-top
     self._tokenizer = ImageTokenizer.load(self._config.image_tokenizer)
     self._clip = None
     if self._config.clip:
@@ -199,19 +200,6 @@ def _documents(prepared: Prepared, image_codes: np.ndarray,
     yield store_lib.Document(_caption_id(record, k), record.index, k, text, ids,
                              image_codes.astype(np.int32), dict(record.metadata),
                              clip_image_embedding=clip_embedding)
-
-
-class WriteShard(beam.DoFn):
-  """Writes one shard's documents, sorted; emits (file name, count)."""
-
-  def __init__(self, output_dir: str, num_shards: int):
-    self._output_dir, self._num_shards = output_dir, num_shards
-
-  def process(self, keyed: Tuple[int, Iterable[store_lib.Document]]):
-    shard, documents = keyed
-    documents = list(documents)
-    path = store_lib.write_shard(self._output_dir, shard, self._num_shards, documents)
-    yield os.path.basename(path), len(documents)
 
 
 def _write_manifest(_, shards, bad, manifest: Dict[str, Any], output_dir: str) -> str:
@@ -298,28 +286,9 @@ def copy_text_vocabulary(config: PreprocessConfig) -> None:
                    os.path.join(config.output_dir, text_vocabulary_file(config)), overwrite=True)
 
 
-def parse_known_flags(argv):
-  """For Beam tools' app.run: absl parses the flags it knows; the rest stay in argv for Beam."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  return flags.FLAGS(argv, known_only=True)
-
-
-def local_runner_by_default(options: Optional[PipelineOptions]) -> PipelineOptions:
-  """The options, with the FnApiRunner when no --runner was given.
-
-  Beam's DirectRunner first tries to download its Prism runner from GitHub (and falls back after a
-  network error); the FnApiRunner it falls back to is what runs here, with --direct_num_workers
-  and --direct_running_mode, and needs no network.
-  """
-  options = options or PipelineOptions()
-  if options.view_as(StandardOptions).runner is None:
-    options.view_as(StandardOptions).runner = 'FnApiRunner'
-  return options
-
-
 def run(source, config: PreprocessConfig, pipeline_options: Optional[PipelineOptions] = None) -> str:
   """Run the whole pipeline; returns the manifest's path."""
-  from cm3leon_jax.image_tokenizer import ImageTokenizer
+  from cm3leon_jax.tokenizers.image import ImageTokenizer  # pylint: disable=g-import-not-at-top
   tokenizer_config = ImageTokenizer.load_config(config.image_tokenizer)
   copy_text_vocabulary(config)
   with beam.Pipeline(options=local_runner_by_default(pipeline_options)) as root:

@@ -25,8 +25,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from cm3leon_jax.tokenizers_vocab import TokenizersVocabulary
-from cm3leon_jax.vocab import MultimodalVocabulary
+from cm3leon_jax.tokenizers.text import TokenizersVocabulary
+from cm3leon_jax.tokenizers.multimodal import MultimodalVocabulary
 
 MANIFEST = 'manifest.json'
 BAD_RECORDS = 'bad_records.jsonl'

@@ -1,1 +1,1 @@
-"""Evaluation: the synthetic-data judge (FID, captioning and VQA metrics come later)."""
+"""Evaluation: the synthetic-data judge, its report, and the sample grids drawn while training."""

@@ -11,11 +11,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cm3leon_jax import generation
+from cm3leon_jax.decoding import generation
 from cm3leon_jax.data import synthetic
 from cm3leon_jax.decoding import DecodingConfig
 from cm3leon_jax.evaluation.synthetic_judge import caption_score, parse_caption, read_objects
-from cm3leon_jax.pretrained import Pretrained
+from cm3leon_jax.decoding.pretrained import Pretrained
 
 # Held-out examples: past the validation split's offset (10M) and its sizes in the quickstart.
 HELD_OUT_START = 15_000_000

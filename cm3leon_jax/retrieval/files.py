@@ -16,7 +16,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from cm3leon_jax.retrieval.index import EncoderInfo, MemoryIndex, RetrievalError
+from cm3leon_jax.retrieval.index import MemoryIndex, RetrievalError
+from cm3leon_jax.tokenizers.document_encoder import EncoderInfo
 
 METADATA = 'retrieval_index.json'
 BANK = 'bank.npz'

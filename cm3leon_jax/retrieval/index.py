@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cm3leon_jax.tokenizers.document_encoder import EncoderInfo
+
 NORM_TOLERANCE = 1e-3
 _CONFIG_FILE = 'index.json'
 _IDS_FILE = 'ids.json'
@@ -26,21 +28,6 @@ _SEARCHER_DIR = 'searcher'
 
 class RetrievalError(ValueError):
   """A memory bank that cannot be built, loaded or searched as asked."""
-
-
-@dataclasses.dataclass(frozen=True)
-class EncoderInfo:
-  """Which encoder made the embeddings; a loaded index must match the encoder of its queries.
-
-  Attributes:
-    name: e.g. 'clip-vit-b-32'.
-    dim: embedding width.
-    fingerprint: a hash of the encoder's config and weights, so a retrained or reconfigured
-      encoder of the same name and width is still told apart.
-  """
-  name: str
-  dim: int
-  fingerprint: str
 
 
 @dataclasses.dataclass(frozen=True)

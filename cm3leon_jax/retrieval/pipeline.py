@@ -26,10 +26,10 @@ import numpy as np
 import tensorflow as tf
 
 from cm3leon_jax.data import store as store_lib
-from cm3leon_jax.data.preprocess import WriteShard, local_runner_by_default
+from cm3leon_jax.data.beam import WriteShard, local_runner_by_default
 from cm3leon_jax.retrieval import files
-from cm3leon_jax.retrieval.encoder import DocumentEncoder, encoder_info
-from cm3leon_jax.retrieval.index import EncoderInfo, IndexConfig, MemoryIndex, RetrievalError
+from cm3leon_jax.tokenizers.document_encoder import DocumentEncoder, EncoderInfo, encoder_info
+from cm3leon_jax.retrieval.index import IndexConfig, MemoryIndex, RetrievalError
 from cm3leon_jax.retrieval.select import SelectionConfig, select_neighbours
 
 COUNTER_NAMESPACE = 'cm3leon_retrieval'

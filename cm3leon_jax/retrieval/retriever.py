@@ -16,7 +16,7 @@ import numpy as np
 from cm3leon_jax.data.assembly import TokenLayout, document_tokens
 from cm3leon_jax.data.store import Document, DocumentStore
 from cm3leon_jax.retrieval import files
-from cm3leon_jax.retrieval.encoder import DocumentEncoder
+from cm3leon_jax.tokenizers.document_encoder import DocumentEncoder
 from cm3leon_jax.retrieval.select import SelectionConfig, select_neighbours
 
 # Prompts have no id in the bank; selection still excludes bank documents equal to the prompt by

@@ -86,22 +86,3 @@ def select_neighbours(query_id: str, candidate_ids: Sequence[str], candidate_sco
     if len(chosen) == config.k:
       break
   return chosen
-
-
-def query_dropout(tokens, rate: float, rng: int | np.random.Generator):
-  """`tokens` with round(rate * len) of them removed at random (order kept; at least one kept).
-
-  Args:
-    tokens: the query's tokens (a list or a 1-D array; the same kind comes back).
-    rate: fraction to drop, in [0, 1).
-    rng: a seed or a numpy Generator, so dropout is reproducible.
-  """
-  if not 0.0 <= rate < 1.0:
-    raise ValueError(f'query dropout rate must be in [0, 1); got {rate}.')
-  array = np.asarray(tokens)
-  n = array.shape[0]
-  drop = min(round(rate * n), max(n - 1, 0))
-  rng = np.random.default_rng(rng)
-  keep = np.sort(rng.choice(n, size=n - drop, replace=False))
-  kept = array[keep]
-  return kept if isinstance(tokens, np.ndarray) else kept.tolist()

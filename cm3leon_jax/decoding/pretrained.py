@@ -25,12 +25,13 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from cm3leon_jax import checkpoints, objective
+from cm3leon_jax.training import checkpoints
+from cm3leon_jax.data import objective
 from cm3leon_jax.interop import hf_chameleon, hf_opt
 from cm3leon_jax.interop.layers_tree import unstack_layers
 from cm3leon_jax.models.config import DecoderConfig
 from cm3leon_jax.models.decoder import Decoder, init_params
-from cm3leon_jax.vocab import MultimodalVocabulary
+from cm3leon_jax.tokenizers.multimodal import MultimodalVocabulary
 
 MODEL_FILE = 'model.json'
 
@@ -139,7 +140,7 @@ class Pretrained:
         raise PretrainedError(
             f'{self.model_dir} names no image tokenizer that exists ({path!r}); images cannot be '
             'encoded or decoded. Give the tokenizer folder (e.g. --image_tokenizer=...).')
-      from cm3leon_jax.image_tokenizer import ImageTokenizer  # pylint: disable=g-import-not-at-top
+      from cm3leon_jax.tokenizers.image import ImageTokenizer  # pylint: disable=g-import-not-at-top
       self._image_tokenizer = ImageTokenizer.load(path)
     return self._image_tokenizer
 

@@ -19,8 +19,8 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
-from cm3leon_jax import pretrained as pretrained_lib
-from cm3leon_jax.pretrained import Pretrained, PretrainedError
+from cm3leon_jax.decoding import pretrained as pretrained_lib
+from cm3leon_jax.decoding.pretrained import Pretrained, PretrainedError
 
 IMAGE_TOKENIZER_DIR = 'image_tokenizer'
 

@@ -21,6 +21,8 @@ import tensorflow as tf
 from cm3leon_jax.data import assembly, seqio_ops
 from cm3leon_jax.data import store as store_lib
 
+# Where the standard tasks' stores live (see the `tasks` package).
+DATA_DIR = os.path.expanduser(os.environ.get('CM3LEON_DATA_DIR', '~/.cache/cm3leon_jax/data'))
 
 # What each registered store task reads: its stores by split and its assembly config (samplers
 # need the image tokenizer the store names and the CM3 settings the model was trained with).

@@ -6,6 +6,7 @@ encoder runs fixed-size padded batches, so each worker compiles each tower once 
 embedding does not depend on which other documents share its batch.
 """
 
+import dataclasses
 import hashlib
 import os
 from typing import Optional, Sequence
@@ -17,8 +18,21 @@ from cm3leon_jax.interop import hf_clip
 from cm3leon_jax.interop.checkpoint_files import read_config
 from cm3leon_jax.models.clip_config import from_hf_config_dict
 from cm3leon_jax.models.clip import CLIP
-from cm3leon_jax.retrieval.index import EncoderInfo
-from cm3leon_jax.retrieval.select import query_dropout
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderInfo:
+  """Which encoder made the embeddings; a loaded index must match the encoder of its queries.
+
+  Attributes:
+    name: e.g. 'clip-vit-b-32'.
+    dim: embedding width.
+    fingerprint: a hash of the encoder's config and weights, so a retrained or reconfigured
+      encoder of the same name and width is still told apart.
+  """
+  name: str
+  dim: int
+  fingerprint: str
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -142,3 +156,22 @@ class DocumentEncoder:
       image_rows[has_image] = normalise(np.stack([e for e in image_embeddings if e is not None]))
     total = text_rows + image_rows  # Rows are zero where a modality is missing.
     return normalise(total / (has_text.astype(np.float32) + has_image)[:, None])
+
+
+def query_dropout(tokens, rate: float, rng: int | np.random.Generator):
+  """`tokens` with round(rate * len) of them removed at random (order kept; at least one kept).
+
+  Args:
+    tokens: the query's tokens (a list or a 1-D array; the same kind comes back).
+    rate: fraction to drop, in [0, 1).
+    rng: a seed or a numpy Generator, so dropout is reproducible.
+  """
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f'query dropout rate must be in [0, 1); got {rate}.')
+  array = np.asarray(tokens)
+  n = array.shape[0]
+  drop = min(round(rate * n), max(n - 1, 0))
+  rng = np.random.default_rng(rng)
+  keep = np.sort(rng.choice(n, size=n - drop, replace=False))
+  kept = array[keep]
+  return kept if isinstance(tokens, np.ndarray) else kept.tolist()

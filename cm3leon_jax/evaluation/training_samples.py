@@ -10,9 +10,9 @@ from typing import List, Optional
 from absl import logging
 import numpy as np
 
-from cm3leon_jax import generation
+from cm3leon_jax.decoding import generation
 from cm3leon_jax.decoding import DecodingConfig
-from cm3leon_jax.pretrained import Pretrained
+from cm3leon_jax.decoding.pretrained import Pretrained
 
 SAMPLING = DecodingConfig(temperature=1.0, top_p=0.9, guidance_scale=3.0, seed=0)
 
@@ -28,7 +28,7 @@ class TrainingSamples:
   def for_task(cls, model, vocab, mixture_or_task_name: str, split: str, count: int,
                model_dir: str) -> Optional['TrainingSamples']:
     """Samples for a store task's `split` (None, with a log line, when there is nothing to use)."""
-    from tasks import stores  # pylint: disable=g-import-not-at-top
+    from cm3leon_jax.data import store_tasks as stores  # pylint: disable=g-import-not-at-top
     info = stores.task_store_info(mixture_or_task_name)
     if not count or info is None or split not in info[0]:
       if count:

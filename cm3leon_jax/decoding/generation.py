@@ -15,9 +15,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cm3leon_jax import objective
+from cm3leon_jax.data import objective
 from cm3leon_jax.decoding import DecodingConfig, DecodingError, generate
-from cm3leon_jax.pretrained import Pretrained
+from cm3leon_jax.decoding.pretrained import Pretrained
 
 def _tokens(pretrained: Pretrained):
   return objective.CM3Tokens.from_vocabulary(pretrained.vocab)

@@ -6,7 +6,7 @@ import seqio
 import tensorflow as tf
 import tokenizers
 
-from cm3leon_jax import vocab_tf
+from cm3leon_jax.tokenizers import tf_ops as vocab_tf
 
 
 class TokenizersVocabulary(seqio.Vocabulary):

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cm3leon_jax.decoding_logits import ImageSpans
-from cm3leon_jax.decoding_loop import (DecodingConfig, DecodingError, DecodingState, LogitCallback,
+from cm3leon_jax.decoding.logits import ImageSpans
+from cm3leon_jax.decoding.loop import (DecodingConfig, DecodingError, DecodingState, LogitCallback,
                                        TokensToLogits, decode, right_pad)
 from cm3leon_jax.models.decoder import Decoder, init_cache
 

@@ -19,7 +19,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from cm3leon_jax import vocab_tf
+from cm3leon_jax.tokenizers import tf_ops as vocab_tf
 
 SPECIALS = ('<break>', '<infill>', '<eoss>', '<mask>')
 PAD_TO_MULTIPLE = 128

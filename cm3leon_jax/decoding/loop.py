@@ -21,7 +21,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from cm3leon_jax import decoding_logits as dl
+from cm3leon_jax.decoding import logits as dl
 
 
 class DecodingError(ValueError):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from cm3leon_jax import partitioning
-from cm3leon_jax.losses import token_losses
+from cm3leon_jax.training.losses import token_losses
 from cm3leon_jax.models.decoder import Decoder, init_params
 
 Batch = Dict[str, jax.Array]

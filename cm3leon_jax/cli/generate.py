@@ -1,0 +1,130 @@
+r"""Text -> images: sample a PNG grid (one row per prompt) from a trained model.
+
+  python tools/generate.py --checkpoint=/tmp/cm3leon_quickstart/model \
+      --prompt="a large red circle" --prompt="a small blue square left of a large green triangle" \
+      --num_samples=4 --guidance_scale=3 --output=/tmp/grid.png
+
+Sampling is top-p with classifier-free guidance by default (the paper's setting); --cd_k_fraction
+draws that share of each prompt's samples with CD-K instead. With --retrieval_index, each prompt's
+retrieved documents go before it; with --clip_rerank, --num_samples are drawn and the best --keep
+by CLIP similarity are shown. The settings are written beside the grid (<output>.json).
+"""
+
+import dataclasses
+import json
+import os
+
+from absl import app, flags, logging
+import numpy as np
+from PIL import Image
+
+from cm3leon_jax import cli
+from cm3leon_jax.decoding import generation
+from cm3leon_jax.decoding import DecodingConfig
+from cm3leon_jax.decoding.pretrained import Pretrained
+from cm3leon_jax.training.metrics import image_grid
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The tool's flags (defined when run, so tests can import the module)."""
+  flags.DEFINE_string('checkpoint', None, 'A training run folder (MODEL_DIR) or an exported model '
+                      '(tools/export.py).', required=True)
+  flags.DEFINE_string('image_tokenizer', None, 'ImageTokenizer folder (default: the run\'s).')
+  flags.DEFINE_multi_string('prompt', [], 'A caption to draw (repeat for several).')
+  flags.DEFINE_string('prompts_file', None, 'A text file with one caption per line.')
+  flags.DEFINE_string('output', 'samples.png', 'The PNG grid to write.')
+  flags.DEFINE_integer('num_samples', 4, 'Samples per prompt.')
+  flags.DEFINE_integer('keep', None, 'With --clip_rerank: samples kept per prompt (default all).')
+  flags.DEFINE_float('guidance_scale', 3.0, 'Classifier-free guidance scale s (>= 0).')
+  flags.DEFINE_bool('guidance', True, 'Use classifier-free guidance (--noguidance: off).')
+  flags.DEFINE_float('temperature', 1.0, 'Softmax temperature (0: greedy).')
+  flags.DEFINE_integer('top_k', 0, 'Top-k filter (0: off).')
+  flags.DEFINE_float('top_p', 0.9, 'Top-p (nucleus) filter (1: off).')
+  flags.DEFINE_float('cd_k_fraction', 0.0, 'Share of samples drawn with CD-K.')
+  flags.DEFINE_float('cd_k_alpha', 0.1, 'CD-K candidate threshold.')
+  flags.DEFINE_integer('cd_k_k', 5, 'CD-K K.')
+  flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+  flags.DEFINE_string('retrieval_index', None, 'Index folder (tools/build_index.py) to retrieve '
+                      'documents for each prompt from.')
+  flags.DEFINE_integer('num_retrieved', 2, 'Documents retrieved per prompt.')
+  flags.DEFINE_string('clip_rerank', None, 'A CLIP folder: order each prompt\'s samples by CLIP '
+                      'similarity to its caption.')
+
+
+def read_prompts() -> list:
+  """The --prompt captions, then the --prompts_file lines; UsageError when there are none."""
+  prompts = list(FLAGS.prompt)
+  if FLAGS.prompts_file:
+    with open(FLAGS.prompts_file, encoding='utf-8') as f:
+      prompts += [line.strip() for line in f if line.strip()]
+  if not prompts:
+    raise app.UsageError('Give at least one --prompt or a --prompts_file.')
+  return prompts
+
+
+def decoding_config() -> DecodingConfig:
+  """The sampling settings the flags describe."""
+  return DecodingConfig(
+      temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
+      num_decodes=FLAGS.num_samples,
+      guidance_scale=FLAGS.guidance_scale if FLAGS.guidance else None,
+      cd_k_fraction=FLAGS.cd_k_fraction, cd_k_alpha=FLAGS.cd_k_alpha, cd_k_k=FLAGS.cd_k_k,
+      seed=FLAGS.seed)
+
+
+def retrieved_prefixes(pretrained: Pretrained, prompts):
+  """Retrieved documents' tokens for each prompt (None without --retrieval_index)."""
+  if not FLAGS.retrieval_index:
+    return None, None
+  from cm3leon_jax.data.assembly import TokenLayout  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.retrieval.retriever import Retriever  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.retrieval.select import SelectionConfig  # pylint: disable=g-import-not-at-top
+  retriever = Retriever(FLAGS.retrieval_index, SelectionConfig(k=FLAGS.num_retrieved))
+  documents = retriever.retrieve(texts=prompts)
+  layout = TokenLayout.from_vocabulary(pretrained.vocab)
+  return ([retriever.prefix_tokens(row, layout) for row in documents],
+          [[d.id for d in row] for row in documents])
+
+
+def rerank(images: np.ndarray, prompts) -> np.ndarray:
+  """Each prompt's samples ordered by CLIP similarity (best first), cut to --keep."""
+  if not FLAGS.clip_rerank:
+    return images
+  from cm3leon_jax.tokenizers.document_encoder import DocumentEncoder  # pylint: disable=g-import-not-at-top
+  encoder = DocumentEncoder(FLAGS.clip_rerank)
+  keep = FLAGS.keep or images.shape[1]
+  return np.stack([row[generation.rerank(encoder, row, text)[:keep]]
+                   for row, text in zip(images, prompts)])
+
+
+def main(argv):
+  del argv
+  prompts = read_prompts()
+  pretrained = Pretrained.load(FLAGS.checkpoint, FLAGS.image_tokenizer)
+  config = decoding_config()
+  prefixes, retrieved = retrieved_prefixes(pretrained, prompts)
+  images, _ = generation.text_to_image(pretrained, prompts, config, prefixes)
+  images = rerank(images, prompts)
+  grid = image_grid(images.reshape((-1,) + images.shape[2:]), columns=images.shape[1])
+  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
+  Image.fromarray(grid).save(FLAGS.output)
+  settings = {'checkpoint': os.path.abspath(FLAGS.checkpoint), 'prompts': prompts,
+              'decoding': dataclasses.asdict(config), 'retrieved': retrieved,
+              'clip_rerank': FLAGS.clip_rerank, 'keep': FLAGS.keep,
+              'image_tokenizer': pretrained.image_tokenizer_path}
+  with open(os.path.splitext(FLAGS.output)[0] + '.json', 'w', encoding='utf-8') as f:
+    json.dump(settings, f, indent=2)
+  logging.info('Wrote %s (%d prompts x %d samples).', FLAGS.output, *images.shape[:2])
+  print(FLAGS.output)
+
+
+def run():
+  """Entry point of tools/generate.py and `cm3leon-generate`."""
+  define_flags()
+  cli.run_app(main, __doc__)
+
+
+if __name__ == '__main__':
+  run()

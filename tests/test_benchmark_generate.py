@@ -1,42 +1,38 @@
-"""tools/benchmark.py generate runs end to end on tiny models and prints its RESULT line."""
-
-import os
-import re
-import subprocess
-import sys
+"""tools/benchmark.py generate runs end to end on tiny models: both sides ran the flags' model and
+prompts and gave the same tokens, and the RESULT line has exactly its keys."""
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUMBER = r'(-?[\d.]+)'
+from benchmark_results import run_benchmark, shape
+from cm3leon_jax.cli.benchmarks import generate
+
+TINY = ['--{}_layers=1', '--{}_hidden=64', '--{}_heads=2', '--{}_mlp=96', '--{}_vocab=256']
 
 
 @pytest.mark.slow
-def test_generate_benchmark_prints_a_result_line():
-  tiny = ['--{}_layers=1', '--{}_hidden=64', '--{}_heads=2', '--{}_mlp=96', '--{}_vocab=256']
-  args = ['generate', *[a.format('generate') for a in tiny], *[a.format('floor') for a in tiny],
-          '--generate_prompt=8', '--generate_new_tokens=8', '--generate_repeats=1',
-          '--floor_new_tokens=4', '--floor_bandwidth_mib=16']
-  out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'benchmark.py'), *args],
-                       capture_output=True, text=True, check=True, cwd=ROOT).stdout
-  result = re.search(
-      rf'^RESULT generate ours={NUMBER} peer={NUMBER} unit=tokens/s ratio={NUMBER} '
-      rf'agree={NUMBER} per_token_ms={NUMBER} floor_ms={NUMBER} floor_ratio={NUMBER} '
-      rf'bandwidth_gbs={NUMBER}$', out, re.M)
-  assert result, out
-  ours, peer, ratio, agree, _, floor, _, bandwidth = map(float, result.groups())
-  assert ours > 0 and peer > 0 and floor > 0 and bandwidth > 0
-  assert ratio == pytest.approx(ours / peer, rel=1e-2)
-  assert agree == 1.0  # Same weights, greedy: the same tokens, or the speeds are not comparable.
+def test_generate_benchmark_gives_the_same_tokens_on_both_sides():
+  flags = [*[a.format('generate') for a in TINY], *[a.format('floor') for a in TINY],
+           '--generate_prompt=8', '--generate_new_tokens=8', '--generate_repeats=1',
+           '--floor_new_tokens=4', '--floor_bandwidth_mib=16']
+  out, result = run_benchmark('generate', flags)
+  assert list(result) == ['ours', 'peer', 'unit', 'ratio', 'agree', 'per_token_ms', 'floor_ms',
+                          'floor_ratio', 'bandwidth_gbs', 'ours_tokens', 'peer_tokens',
+                          'ours_shape', 'peer_shape']
+  assert result['unit'] == 'tokens/s'
+  assert min(float(result[k]) for k in ('ours', 'peer', 'floor_ms', 'bandwidth_gbs')) > 0
+  expected = {'batch': 2, 'prompt': 8, 'new_tokens': 8, 'layers': 1, 'hidden': 64, 'heads': 2,
+              'mlp': 96, 'vocab': 256}
+  assert shape(result['ours_shape']) == expected and shape(result['peer_shape']) == expected
+  # Same weights, greedy: the same tokens, or the speeds are not comparable.
+  assert result['ours_tokens'] == result['peer_tokens']
+  assert float(result['agree']) == 1.0
   assert '| new tokens/s |' in out and '| per-token time (ms) |' in out
 
 
 def test_cfg_image_rate_runs_the_gpu_7b_measurement_on_a_tiny_model():
-  sys.path.insert(0, os.path.join(ROOT, 'tools'))
-  import benchmark_generate  # pylint: disable=g-import-not-at-top
-  fields = benchmark_generate.hf_sizes(1, 64, 2, 96, 256, 128)
-  rate = benchmark_generate.cfg_image_rate(fields, 'float32', images=2, tokens_per_image=16,
-                                           repeats=1, bandwidth_mib=8, scan_layers=False)
+  fields = generate.hf_sizes(1, 64, 2, 96, 256, 128)
+  rate = generate.cfg_image_rate(fields, 'float32', images=2, tokens_per_image=16, repeats=1,
+                                 bandwidth_mib=8, scan_layers=False)
+  assert rate['shape'] == (2, 1, 17)  # 2 prompts x 1 sample x (16 codes + the closing <break>).
   assert rate['codes_ok']  # Modality control gave every sample one whole image.
   assert rate['ours'] > 0 and rate['floor'] > 0
-  assert rate['ratio'] == pytest.approx(rate['floor'] / rate['ours'])

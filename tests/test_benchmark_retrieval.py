@@ -1,26 +1,22 @@
-"""tools/benchmark.py retrieval runs end to end on a tiny bank and prints its RESULT line."""
-
-import os
-import re
-import subprocess
-import sys
+"""tools/benchmark.py retrieval runs end to end on a tiny bank: both searches ran over the bank and
+queries the flags ask for, and the RESULT line has exactly its keys."""
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmark_results import run_benchmark, shape
 
 
 @pytest.mark.slow
-def test_retrieval_benchmark_prints_a_result_line():
-  args = ['retrieval', '--retrieval_num_vectors=20000', '--retrieval_dim=64',
-          '--retrieval_num_queries=100', '--retrieval_clusters=50', '--retrieval_repeats=1']
-  out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'benchmark.py'), *args],
-                       capture_output=True, text=True, check=True, cwd=ROOT).stdout
-  result = re.search(r'^RESULT retrieval ours=([\d.]+) peer=([\d.]+) unit=queries/s '
-                     r'ratio=([\d.]+) recall_at_10=([\d.]+) build_s=([\d.]+)$', out, re.M)
-  assert result, out
-  ours, peer, ratio, recall, _ = map(float, result.groups())
-  assert ours > 0 and peer > 0
-  assert ratio == pytest.approx(ours / peer, rel=1e-2)
-  assert 0.5 <= recall <= 1.0
+def test_retrieval_benchmark_searches_the_flags_bank_on_both_sides():
+  out, result = run_benchmark(
+      'retrieval', ['--retrieval_num_vectors=20000', '--retrieval_dim=64',
+                    '--retrieval_num_queries=100', '--retrieval_clusters=50',
+                    '--retrieval_repeats=1'])
+  assert list(result) == ['ours', 'peer', 'unit', 'ratio', 'recall_at_10', 'build_s',
+                          'ours_shape', 'peer_shape']
+  assert result['unit'] == 'queries/s'
+  assert float(result['ours']) > 0 and float(result['peer']) > 0
+  expected = {'vectors': 20000, 'dim': 64, 'queries': 100, 'k': 10}
+  assert shape(result['ours_shape']) == expected and shape(result['peer_shape']) == expected
+  assert 0.5 <= float(result['recall_at_10']) <= 1.0
   assert '| queries/s (median of 1) |' in out

@@ -1,36 +1,37 @@
-"""tools/benchmark.py vqgan runs end to end on the tiny tokenizer and prints its RESULT line."""
+"""tools/benchmark.py vqgan runs end to end on the tiny tokenizer: both sides ran the config's
+shapes with the same weights (the same codes), and the RESULT line has exactly its keys."""
 
-import os
 import re
 import subprocess
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_RESULT = re.compile(
-    r'^RESULT vqgan ours_encode=([\d.]+) peer_encode=([\d.]+) ours_decode=([\d.]+) '
-    r'peer_decode=([\d.]+) unit=images/s encode_ratio=([\d.]+) decode_ratio=([\d.]+)$', re.M)
+from benchmark_results import run_benchmark, shape
+from cm3leon_jax import gin_utils
+from helpers import ROOT
 
 
 @pytest.mark.slow
-def test_vqgan_benchmark_prints_a_result_line():
-  args = ['vqgan', '--vqgan_gin=vqgan/tiny.gin', '--vqgan_batch=2', '--steps=2', '--warmup=1']
-  out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'benchmark.py'), *args],
-                       capture_output=True, text=True, check=True, cwd=ROOT).stdout
-  result = _RESULT.search(out)
-  assert result, out
-  ours_enc, peer_enc, ours_dec, peer_dec, enc_ratio, dec_ratio = map(float, result.groups())
-  assert min(ours_enc, peer_enc, ours_dec, peer_dec) > 0
-  assert enc_ratio == pytest.approx(ours_enc / peer_enc, rel=1e-2)
-  assert dec_ratio == pytest.approx(ours_dec / peer_dec, rel=1e-2)
-  # Same weights on both sides: the table reports that the codes agree everywhere.
-  assert 'codes agree on 100.00% of positions' in out
+def test_vqgan_benchmark_encodes_and_decodes_the_same_shapes_on_both_sides():
+  out, result = run_benchmark(
+      'vqgan', ['--vqgan_gin=vqgan/tiny.gin', '--vqgan_batch=2', '--steps=2', '--warmup=1'])
+  assert list(result) == ['ours_encode', 'peer_encode', 'ours_decode', 'peer_decode', 'unit',
+                          'encode_ratio', 'decode_ratio', 'codes_agree', 'ours_shape',
+                          'peer_shape']
+  assert result['unit'] == 'images/s'
+  assert min(float(result[k]) for k in ('ours_encode', 'peer_encode', 'ours_decode',
+                                        'peer_decode')) > 0
+  config = gin_utils.vqgan_config(['vqgan/tiny.gin'])
+  expected = {'batch': 2, 'resolution': config.resolution, 'latent': config.latent_size,
+              'decoded': config.resolution}
+  assert shape(result['ours_shape']) == expected and shape(result['peer_shape']) == expected
+  # Same weights on both sides: the encoders agree on every code.
+  assert float(result['codes_agree']) == 1.0
   assert re.search(r'^\| encode \|', out, re.M) and re.search(r'^\| decode \|', out, re.M)
 
 
 def test_unknown_vqgan_gin_file_is_named():
-  args = ['vqgan', '--vqgan_gin=vqgan/no_such.gin']
-  run = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'benchmark.py'), *args],
-                       capture_output=True, text=True, cwd=ROOT)
+  run = subprocess.run([sys.executable, 'tools/benchmark.py', 'vqgan',
+                        '--vqgan_gin=vqgan/no_such.gin'], capture_output=True, text=True, cwd=ROOT)
   assert run.returncode != 0 and 'no_such.gin' in run.stderr

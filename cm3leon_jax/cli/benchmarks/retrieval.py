@@ -1,4 +1,4 @@
-"""The `retrieval` benchmark of tools/benchmark.py: ScaNN memory-bank search against exact search.
+"""The `retrieval` benchmark: ScaNN memory-bank search against exact search.
 
 On --retrieval_num_vectors seeded, clustered, L2-normalised float32 embeddings of
 --retrieval_dim dimensions (--retrieval_clusters unit centres, each point its centre plus
@@ -16,32 +16,38 @@ peers of the other benchmarks in the same process.
 """
 
 import os
-import statistics
 import time
 
 from absl import flags
 import numpy as np
 
+from cm3leon_jax import cli
+from cm3leon_jax.cli.benchmarks import harness
 from cm3leon_jax.retrieval.index import IndexConfig, MemoryIndex
 
-flags.DEFINE_integer('retrieval_num_vectors', 1_000_000, 'Embeddings in the memory bank.')
-flags.DEFINE_integer('retrieval_dim', 512, 'Embedding width (CLIP ViT-B/32: 512).')
-flags.DEFINE_integer('retrieval_num_queries', 1000, 'Queries per timed search.')
-flags.DEFINE_integer('retrieval_clusters', 1000, 'Cluster centres of the synthetic embeddings.')
-flags.DEFINE_integer('retrieval_k', 10, 'Neighbours per query (recall@k is reported).')
-flags.DEFINE_float('retrieval_noise', 0.5,
-                   'Norm of the noise added to a centre (points) and to a point (queries).')
-# Tuned on the default bank (1M x 512, 1000 leaves, search_batched, 2 CPUs): searching 30 or 50
-# leaves gave the same recall (the partition is not the limit), and the exact reorder is: recall@10
-# 0.968 / 0.980 / 0.991 with 100 / 150 / 250 candidates, at ~3700 / 3650 / 3100 queries/s, in one
-# build; another build (the tree and codebooks train on a random sample) gave 0.976 with 250.
-flags.DEFINE_integer('retrieval_num_leaves', 0, 'ScaNN tree leaves (0: about sqrt(rows)).')
-flags.DEFINE_integer('retrieval_leaves_to_search', 30,
-                     'ScaNN leaves searched per query (0: IndexConfig default, leaves/20).')
-flags.DEFINE_integer('retrieval_dims_per_block', 2, 'ScaNN anisotropic-hashing block width.')
-flags.DEFINE_integer('retrieval_reorder', 250, 'ScaNN candidates rescored exactly.')
-flags.DEFINE_integer('retrieval_repeats', 3, 'Timed searches per side (the median is reported).')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  flags.DEFINE_integer('retrieval_num_vectors', 1_000_000, 'Embeddings in the memory bank.')
+  flags.DEFINE_integer('retrieval_dim', 512, 'Embedding width (CLIP ViT-B/32: 512).')
+  flags.DEFINE_integer('retrieval_num_queries', 1000, 'Queries per timed search.')
+  flags.DEFINE_integer('retrieval_clusters', 1000, 'Cluster centres of the synthetic embeddings.')
+  flags.DEFINE_integer('retrieval_k', 10, 'Neighbours per query (recall@k is reported).')
+  flags.DEFINE_float('retrieval_noise', 0.5,
+                     'Norm of the noise added to a centre (points) and to a point (queries).')
+  # Tuned on the default bank (1M x 512, 1000 leaves, search_batched, 2 CPUs): searching 30 or
+  # 50 leaves gave the same recall (the partition is not the limit), and the exact reorder is:
+  # recall@10 0.968 / 0.980 / 0.991 with 100 / 150 / 250 candidates, at ~3700 / 3650 / 3100
+  # queries/s, in one build; another build (the tree and codebooks train on a random sample)
+  # gave 0.976 with 250.
+  flags.DEFINE_integer('retrieval_num_leaves', 0, 'ScaNN tree leaves (0: about sqrt(rows)).')
+  flags.DEFINE_integer('retrieval_leaves_to_search', 30,
+                       'ScaNN leaves searched per query (0: IndexConfig default, leaves/20).')
+  flags.DEFINE_integer('retrieval_dims_per_block', 2, 'ScaNN anisotropic-hashing block width.')
+  flags.DEFINE_integer('retrieval_reorder', 250, 'ScaNN candidates rescored exactly.')
+  flags.DEFINE_integer('retrieval_repeats', 3,
+                       'Timed searches per side (the median is reported).')
 
 _BLOCK = 65_536  # Bank rows per generation / exact-search block: a [queries, block] score tile.
 
@@ -91,8 +97,10 @@ def recall(found: np.ndarray, exact: np.ndarray) -> float:
   return float(np.mean([len(set(f) & set(e)) / k for f, e in zip(found, exact)]))
 
 
-def retrieval_benchmark() -> str:
-  """Build the bank, time both searches in alternation; returns the table and the RESULT line."""
+def benchmark() -> str:
+  """Build the bank, time both searches in alternation; prints the table, returns the RESULT
+  line."""
+  cli.hide_gpus_from_tensorflow()  # ScaNN loads TensorFlow, which should leave the GPUs alone.
   k, dim = FLAGS.retrieval_k, FLAGS.retrieval_dim
   start = time.perf_counter()
   bank = clustered_embeddings(FLAGS.retrieval_num_vectors, dim, FLAGS.retrieval_clusters,
@@ -111,16 +119,16 @@ def retrieval_benchmark() -> str:
   exact = exact_search(bank, queries, k)
   found, _ = index.search_rows(queries, k)
   recall_at_k = recall(found, exact)
-  times = {'ours': [], 'peer': []}
-  # Alternating exposes both sides to the same background load on a shared machine.
-  for _ in range(FLAGS.retrieval_repeats):
-    for name, search in (('ours', lambda: index.search(queries, k)),
-                         ('peer', lambda: exact_search(bank, queries, k))):
-      start = time.perf_counter()
-      search()
-      times[name].append(time.perf_counter() - start)
-  ours = FLAGS.retrieval_num_queries / statistics.median(times['ours'])
-  peer = FLAGS.retrieval_num_queries / statistics.median(times['peer'])
+  # What each side searched (its bank) and returned (queries x k neighbours).
+  ours_shape = harness.shape(vectors=len(index), dim=index.dim, queries=found.shape[0],
+                             k=found.shape[1])
+  peer_shape = harness.shape(vectors=bank.shape[0], dim=bank.shape[1], queries=exact.shape[0],
+                             k=exact.shape[1])
+  seconds = harness.interleaved_medians(
+      {'ours': lambda: index.search(queries, k), 'peer': lambda: exact_search(bank, queries, k)},
+      FLAGS.retrieval_repeats, warmup=0)
+  ours = FLAGS.retrieval_num_queries / seconds['ours']
+  peer = FLAGS.retrieval_num_queries / seconds['peer']
   leaves, to_search = config.leaves(len(bank))
   table = '\n'.join([
       f'## retrieval: {len(bank)} x {dim} float32 embeddings ({FLAGS.retrieval_clusters} '
@@ -130,15 +138,18 @@ def retrieval_benchmark() -> str:
       f'ours: ScaNN tree ({leaves} leaves, {to_search} searched) + AH (dims/block '
       f'{config.dimensions_per_block}, eta {config.anisotropic_quantization_threshold}) + reorder '
       f'{config.reorder}, search_batched; peer: numpy blocked matmul + argpartition (exact)',
+      harness.shapes_line(ours_shape, peer_shape),
       '',
       '| measurement | ours (ScaNN) | peer (exact numpy) | ours/peer |',
       '|---|---|---|---|',
       f'| queries/s (median of {FLAGS.retrieval_repeats}) | {ours:.1f} | {peer:.1f} | '
-      f'{ours / peer:.1f}x |',
+      f'{harness.ratio(ours, peer):.1f}x |',
       f'| recall@{k} vs exact | {recall_at_k:.4f} | 1.0000 | |',
       f'| index build (s) | {build_s:.1f} | 0 | |',
       f'| data generation (s) | {generate_s:.1f} | | |',
   ])
-  result = (f'RESULT retrieval ours={ours:.1f} peer={peer:.1f} unit=queries/s '
-            f'ratio={ours / peer:.2f} recall_at_{k}={recall_at_k:.4f} build_s={build_s:.1f}')
-  return f'{table}\n{result}'
+  print(table)
+  return harness.result_line(
+      'retrieval', ours=f'{ours:.1f}', peer=f'{peer:.1f}', unit='queries/s',
+      ratio=f'{harness.ratio(ours, peer):.2f}', **{f'recall_at_{k}': f'{recall_at_k:.4f}'},
+      build_s=f'{build_s:.1f}', ours_shape=ours_shape, peer_shape=peer_shape)

@@ -1,4 +1,4 @@
-"""The `generate` benchmark of tools/benchmark.py: decoding speed against transformers' Chameleon.
+"""The `generate` benchmark: decoding speed against transformers' Chameleon.
 
 In one run, on this machine's CPUs:
 
@@ -6,8 +6,9 @@ In one run, on this machine's CPUs:
   weights saved and loaded into our Decoder; --generate_batch prompts of --generate_prompt random
   tokens; --generate_new_tokens greedy tokens each (no stop token). ours: new tokens/s of
   `cm3leon_jax.decoding.generate` (jitted, warm); peer: new tokens/s of transformers'
-  `model.generate` with torch on the same number of threads. Both must produce the same tokens
-  (the table says whether they do), so the two compute the same thing.
+  `model.generate` with torch on the same number of threads. Both must produce the same tokens,
+  so the two compute the same thing: the table and the RESULT line say on what share of positions
+  they agree and give a digest of each side's tokens.
 * bandwidth floor: a Chameleon-shaped model whose float32 weights are far larger than the CPU
   caches (--floor_* sizes). Batch-2 decoding streams every weight matrix from memory once per
   token, so parameter bytes / memory bandwidth is the least time a token can take. The per-token
@@ -24,10 +25,9 @@ time once the weights leave the cache. TensorFlow is never imported here (it cra
 same process).
 """
 
+import hashlib
 import os
-import statistics
 import tempfile
-import time
 
 from absl import flags
 import flax.linen as nn
@@ -36,66 +36,47 @@ import jax.numpy as jnp
 import numpy as np
 
 from cm3leon_jax import decoding, interop
+from cm3leon_jax.cli.benchmarks import harness
+from cm3leon_jax.cli.benchmarks.decoder import our_model_shape
 from cm3leon_jax.decoding import DecodingConfig
 from cm3leon_jax.interop import hf_chameleon
 from cm3leon_jax.models.decoder import Decoder, init_params
 
-flags.DEFINE_integer('generate_layers', 8, 'generate: decoder blocks of the compared model.')
-flags.DEFINE_integer('generate_hidden', 512, 'generate: model width.')
-flags.DEFINE_integer('generate_heads', 8, 'generate: attention heads (as many KV heads).')
-flags.DEFINE_integer('generate_mlp', 1376, 'generate: SwiGLU width (Chameleon-7B ratio 2.69).')
-flags.DEFINE_integer('generate_vocab', 8192, 'generate: vocabulary size.')
-flags.DEFINE_integer('generate_batch', 2, 'generate: prompts per call (2: a CFG pair).')
-flags.DEFINE_integer('generate_prompt', 32, 'generate: tokens per prompt.')
-flags.DEFINE_integer('generate_new_tokens', 64, 'generate: greedy tokens generated per prompt.')
-flags.DEFINE_integer('generate_repeats', 5, 'generate: timed calls per side (median reported).')
-flags.DEFINE_enum('generate_peer_attn', 'sdpa', ['sdpa', 'eager'],
-                  "generate: the peer's attn_implementation.")
-# Unrolled layers decode faster on XLA:CPU: on the floor model a step took ~54 ms unrolled against
-# ~82 ms with nn.scan (where each iteration slices its layer out of the stacked weights).
-flags.DEFINE_bool('generate_scan_layers', False, 'generate: stack our blocks with nn.scan.')
-flags.DEFINE_integer('floor_layers', 6, 'generate: blocks of the bandwidth-floor model.')
-flags.DEFINE_integer('floor_hidden', 1024, 'generate: width of the bandwidth-floor model.')
-flags.DEFINE_integer('floor_heads', 16, 'generate: heads of the bandwidth-floor model.')
-flags.DEFINE_integer('floor_mlp', 2752, 'generate: SwiGLU width of the bandwidth-floor model.')
-flags.DEFINE_integer('floor_vocab', 8192, 'generate: vocabulary of the bandwidth-floor model.')
-flags.DEFINE_integer('floor_new_tokens', 32,
-                     'generate: N; the floor model generates N and 2N tokens (time diff. / N).')
-flags.DEFINE_integer('floor_bandwidth_mib', 1024, 'generate: MiB read per bandwidth measurement.')
-flags.DEFINE_bool('gpu_7b', False,
-                  'generate: instead, images/s with CFG of CM3Leon-7B-shaped random bfloat16 '
-                  'weights on the GPU against its bandwidth floor.')
-flags.DEFINE_integer('gpu_images', 8, 'generate --gpu_7b: images per call (2 CFG streams each).')
-flags.DEFINE_integer('gpu_tokens_per_image', 1024, 'generate --gpu_7b: codes per image.')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  flags.DEFINE_integer('generate_layers', 8, 'generate: decoder blocks of the compared model.')
+  flags.DEFINE_integer('generate_hidden', 512, 'generate: model width.')
+  flags.DEFINE_integer('generate_heads', 8, 'generate: attention heads (as many KV heads).')
+  flags.DEFINE_integer('generate_mlp', 1376, 'generate: SwiGLU width (Chameleon-7B ratio 2.69).')
+  flags.DEFINE_integer('generate_vocab', 8192, 'generate: vocabulary size.')
+  flags.DEFINE_integer('generate_batch', 2, 'generate: prompts per call (2: a CFG pair).')
+  flags.DEFINE_integer('generate_prompt', 32, 'generate: tokens per prompt.')
+  flags.DEFINE_integer('generate_new_tokens', 64, 'generate: greedy tokens generated per prompt.')
+  flags.DEFINE_integer('generate_repeats', 5, 'generate: timed calls per side (median reported).')
+  flags.DEFINE_enum('generate_peer_attn', 'sdpa', ['sdpa', 'eager'],
+                    "generate: the peer's attn_implementation.")
+  # Unrolled layers decode faster on XLA:CPU: on the floor model a step took ~54 ms unrolled
+  # against ~82 ms with nn.scan (where each iteration slices its layer out of the stacked weights).
+  flags.DEFINE_bool('generate_scan_layers', False, 'generate: stack our blocks with nn.scan.')
+  flags.DEFINE_integer('floor_layers', 6, 'generate: blocks of the bandwidth-floor model.')
+  flags.DEFINE_integer('floor_hidden', 1024, 'generate: width of the bandwidth-floor model.')
+  flags.DEFINE_integer('floor_heads', 16, 'generate: heads of the bandwidth-floor model.')
+  flags.DEFINE_integer('floor_mlp', 2752, 'generate: SwiGLU width of the bandwidth-floor model.')
+  flags.DEFINE_integer('floor_vocab', 8192, 'generate: vocabulary of the bandwidth-floor model.')
+  flags.DEFINE_integer('floor_new_tokens', 32,
+                       'generate: N; the floor model generates N and 2N tokens (time diff. / N).')
+  flags.DEFINE_integer('floor_bandwidth_mib', 1024, 'generate: MiB read per bandwidth measurement.')
+  flags.DEFINE_bool('gpu_7b', False,
+                    'generate: instead, images/s with CFG of CM3Leon-7B-shaped random bfloat16 '
+                    'weights on the GPU against its bandwidth floor.')
+  flags.DEFINE_integer('gpu_images', 8, 'generate --gpu_7b: images per call (2 CFG streams each).')
+  flags.DEFINE_integer('gpu_tokens_per_image', 1024, 'generate --gpu_7b: codes per image.')
+
 
 # CM3Leon-7B's decoder in Chameleon's block (transformers' ChameleonConfig defaults, 7B).
 CHAMELEON_7B = dict(layers=32, hidden=4096, heads=32, mlp=11008, vocab=65536)
-
-
-def median_seconds(step, repeats: int) -> float:
-  """Median wall time of `step` (which must synchronise) over `repeats` calls after one warm-up."""
-  step()  # Compiles (ours) or warms the allocator (peer).
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def alternating_medians(steps_by_name, repeats: int) -> dict:
-  """Median wall time of each named step, timed in turn (a, b, a, b, ...) after one warm-up call
-  each, so background load on this shared machine hits both sides alike."""
-  for step in steps_by_name.values():
-    step()
-  times = {name: [] for name in steps_by_name}
-  for _ in range(repeats):
-    for name, step in steps_by_name.items():
-      start = time.perf_counter()
-      step()
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(values) for name, values in times.items()}
 
 
 def hf_sizes(layers, hidden, heads, mlp, vocab, max_length) -> dict:
@@ -123,6 +104,36 @@ def peer_and_ours(fields: dict, attn_impl: str, directory: str):
   config, params = interop.load_chameleon(directory, dtype='float32',
                                          scan_layers=FLAGS.generate_scan_layers)
   return peer, Decoder(config), jax.device_put(params)
+
+
+def peer_shape(peer, prompts: np.ndarray, tokens: np.ndarray) -> str:
+  """The shape the peer ran: its prompts [batch, prompt], the new tokens it gave and the sizes of
+  its modules."""
+  model = peer.model
+  vocab, width = model.embed_tokens.weight.shape
+  return harness.shape(batch=prompts.shape[0], prompt=prompts.shape[1], new_tokens=tokens.shape[1],
+                       layers=len(model.layers), hidden=width,
+                       heads=peer.config.num_attention_heads,
+                       mlp=model.layers[0].mlp.down_proj.in_features, vocab=vocab)
+
+
+def our_shape(params, prompts: np.ndarray, tokens: np.ndarray) -> str:
+  """The shape ours ran, in the terms of `peer_shape`, the model read off its parameters."""
+  model = our_model_shape(params)
+  return harness.shape(batch=prompts.shape[0], prompt=prompts.shape[1], new_tokens=tokens.shape[1],
+                       layers=model['layers'], hidden=model['embed_dim'], heads=model['heads'],
+                       mlp=model['mlp'], vocab=model['vocab'])
+
+
+def tokens_digest(tokens: np.ndarray) -> str:
+  """A short digest of generated tokens [batch, n] (equal digests: the same tokens)."""
+  tokens = np.ascontiguousarray(tokens, np.int64)
+  return hashlib.sha256(repr(tokens.shape).encode() + tokens.tobytes()).hexdigest()[:12]
+
+
+def agreement(ours: np.ndarray, peer: np.ndarray) -> float:
+  """Share of positions where both sides' tokens are equal (0 when their shapes differ)."""
+  return float(np.mean(ours == peer)) if ours.shape == peer.shape else 0.0
 
 
 def peer_generate_step(peer, prompts: np.ndarray, new_tokens: int):
@@ -153,7 +164,8 @@ def random_prompts(batch: int, length: int, vocab: int) -> np.ndarray:
 
 
 def compare_with_peer(threads: int) -> dict:
-  """Same model, prompts and tokens: ours and the peer's tokens/s and whether the tokens agree."""
+  """Same model, prompts and tokens: ours and the peer's tokens/s, the shapes each ran and whether
+  their tokens agree."""
   load = os.getloadavg()[0]
   new, batch = FLAGS.generate_new_tokens, FLAGS.generate_batch
   fields = hf_sizes(FLAGS.generate_layers, FLAGS.generate_hidden, FLAGS.generate_heads,
@@ -164,11 +176,16 @@ def compare_with_peer(threads: int) -> dict:
     peer, model, params = peer_and_ours(fields, FLAGS.generate_peer_attn, directory)
   ours_step = our_generate_step(model, params, prompts, new)
   peer_step = peer_generate_step(peer, prompts, new)
-  agree = float(np.mean(ours_step() == peer_step()))
-  seconds = alternating_medians({'ours': ours_step, 'peer': peer_step}, FLAGS.generate_repeats)
+  ours_tokens, peer_tokens = np.asarray(ours_step()), peer_step()
+  seconds = harness.interleaved_medians({'ours': ours_step, 'peer': peer_step},
+                                        FLAGS.generate_repeats, warmup=1)
   ours_s, peer_s = seconds['ours'], seconds['peer']
   return dict(ours_s=ours_s, peer_s=peer_s, ours=new * batch / ours_s, peer=new * batch / peer_s,
-              agree=agree, params=param_count(params), threads=threads, load=load)
+              agree=agreement(ours_tokens, peer_tokens), ours_tokens=tokens_digest(ours_tokens),
+              peer_tokens=tokens_digest(peer_tokens),
+              ours_shape=our_shape(params, prompts, ours_tokens),
+              peer_shape=peer_shape(peer, prompts, peer_tokens), params=param_count(params),
+              threads=threads, load=load)
 
 
 def param_count(params) -> int:
@@ -207,7 +224,7 @@ def memory_bandwidth(mib: int, host: bool = True) -> dict:
       # Our decoder's layout (kernels [in, out]); XLA:CPU streamed it at about half the rate above.
       'jax [2, 1024] @ [1024, n]': lambda: matvec(rows, wide).block_until_ready(),
   }
-  return {name: count * 4 / median_seconds(step, 5) for name, step in kernels.items()}
+  return {name: count * 4 / harness.median_seconds(step, 5) for name, step in kernels.items()}
 
 
 def bandwidth_floor() -> dict:
@@ -217,8 +234,10 @@ def bandwidth_floor() -> dict:
                     FLAGS.floor_vocab, FLAGS.generate_prompt + 2 * n + 16)
   model, params = random_model(fields, 'float32', FLAGS.generate_scan_layers)
   prompts = random_prompts(batch, FLAGS.generate_prompt, FLAGS.floor_vocab)
-  short = median_seconds(our_generate_step(model, params, prompts, n), FLAGS.generate_repeats)
-  long = median_seconds(our_generate_step(model, params, prompts, 2 * n), FLAGS.generate_repeats)
+  short = harness.median_seconds(our_generate_step(model, params, prompts, n),
+                                 FLAGS.generate_repeats)
+  long = harness.median_seconds(our_generate_step(model, params, prompts, 2 * n),
+                                FLAGS.generate_repeats)
   per_token = (long - short) / n
   bandwidths = memory_bandwidth(FLAGS.floor_bandwidth_mib)
   bandwidth = max(bandwidths.values())
@@ -254,15 +273,16 @@ def cfg_image_rate(fields: dict, dtype: str, images: int, tokens_per_image: int,
   config = DecodingConfig(max_new_tokens=tokens_per_image + 1, temperature=1.0, top_p=0.9,
                           guidance_scale=3.0, tokens_per_image=tokens_per_image)
   samples = []
-  seconds = median_seconds(lambda: samples.append(decoding.generate(model, params, prompts,
-                                                                     config, vocab)), repeats)
-  codes = np.vectorize(vocab.is_image)(samples[-1].tokens).sum(-1)
+  seconds = harness.median_seconds(
+      lambda: samples.append(decoding.generate(model, params, prompts, config, vocab)), repeats)
+  tokens = samples[-1].tokens
+  codes = np.vectorize(vocab.is_image)(tokens).sum(-1)
   bandwidths = memory_bandwidth(bandwidth_mib, host=False)
   bandwidth = max(bandwidths.values())
   floor_s = config.max_new_tokens * streamed_bytes(params) / bandwidth
   return dict(ours=images / seconds, floor=images / floor_s, ratio=seconds / floor_s,
               seconds=seconds, floor_s=floor_s, bandwidths=bandwidths, bandwidth=bandwidth,
-              params=param_count(params), bytes=streamed_bytes(params),
+              params=param_count(params), bytes=streamed_bytes(params), shape=tokens.shape,
               codes_ok=bool((codes == tokens_per_image).all()))
 
 
@@ -293,8 +313,9 @@ def gpu_7b_benchmark() -> str:
       f'| bandwidth floor | {r["floor_s"]:.2f} | {r["floor"]:.3f} |',
   ]
   print('\n'.join(lines))
-  return (f'RESULT generate ours={r["ours"]:.4f} floor={r["floor"]:.4f} unit=images/s '
-          f'floor_ratio={r["ratio"]:.3f} bandwidth_gbs={r["bandwidth"] / 1e9:.1f}')
+  return harness.result_line(
+      'generate', ours=f'{r["ours"]:.4f}', floor=f'{r["floor"]:.4f}', unit='images/s',
+      floor_ratio=f'{r["ratio"]:.3f}', bandwidth_gbs=f'{r["bandwidth"] / 1e9:.1f}')
 
 
 def load_warning(load: float, threads: int) -> list:
@@ -322,7 +343,9 @@ def generate_table(same: dict, floor: dict) -> str:
       f'peer: transformers {transformers.__version__} ChameleonForConditionalGeneration.generate '
       f'(attn_implementation={FLAGS.generate_peer_attn}), torch {torch.__version__}; ours: '
       f'cm3leon_jax.decoding.generate, jax {jax.__version__}; same weights',
-      f'the new tokens agree on {same["agree"]:.2%} of positions',
+      harness.shapes_line(same['ours_shape'], same['peer_shape']),
+      f'the new tokens agree on {same["agree"]:.2%} of positions (digests: ours '
+      f'{same["ours_tokens"]}, peer {same["peer_tokens"]})',
       f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; load average before: {same["load"]:.2f}',
       *load_warning(same['load'], same['threads']),
       '',
@@ -331,7 +354,7 @@ def generate_table(same: dict, floor: dict) -> str:
       f'| seconds per call | {same["ours_s"]:.3f} | {same["peer_s"]:.3f} | '
       f'{same["peer_s"] / same["ours_s"]:.2f} |',
       f'| new tokens/s | {same["ours"]:.1f} | {same["peer"]:.1f} | '
-      f'{same["ours"] / same["peer"]:.2f} |',
+      f'{harness.ratio(same["ours"], same["peer"]):.2f} |',
       '',
       f'### bandwidth floor: layers={FLAGS.floor_layers} d={FLAGS.floor_hidden} '
       f'heads={FLAGS.floor_heads} mlp={FLAGS.floor_mlp} vocab={FLAGS.floor_vocab} '
@@ -356,17 +379,18 @@ def generate_table(same: dict, floor: dict) -> str:
   return '\n'.join(lines)
 
 
-def generate_benchmark() -> str:
+def benchmark() -> str:
   """Our generate against transformers' Chameleon generate, and the bandwidth floor; RESULT line."""
   if FLAGS.gpu_7b:
     return gpu_7b_benchmark()
-  import torch  # pylint: disable=g-import-not-at-top
-  threads = len(os.sched_getaffinity(0))  # The CPUs XLA sizes its pool from; torch gets as many.
-  torch.set_num_threads(threads)
+  threads = harness.torch_threads()
   same = compare_with_peer(threads)
   floor = bandwidth_floor()
   print(generate_table(same, floor))
-  return (f'RESULT generate ours={same["ours"]:.1f} peer={same["peer"]:.1f} unit=tokens/s '
-          f'ratio={same["ours"] / same["peer"]:.3f} agree={same["agree"]:.3f} '
-          f'per_token_ms={floor["per_token"] * 1e3:.3f} floor_ms={floor["floor"] * 1e3:.3f} '
-          f'floor_ratio={floor["ratio"]:.3f} bandwidth_gbs={floor["bandwidth"] / 1e9:.1f}')
+  return harness.result_line(
+      'generate', ours=f'{same["ours"]:.1f}', peer=f'{same["peer"]:.1f}', unit='tokens/s',
+      ratio=f'{harness.ratio(same["ours"], same["peer"]):.3f}', agree=f'{same["agree"]:.3f}',
+      per_token_ms=f'{floor["per_token"] * 1e3:.3f}', floor_ms=f'{floor["floor"] * 1e3:.3f}',
+      floor_ratio=f'{floor["ratio"]:.3f}', bandwidth_gbs=f'{floor["bandwidth"] / 1e9:.1f}',
+      ours_tokens=same['ours_tokens'], peer_tokens=same['peer_tokens'],
+      ours_shape=same['ours_shape'], peer_shape=same['peer_shape'])

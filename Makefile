@@ -7,8 +7,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 QUICKSTART_DIR ?= /tmp/cm3leon_quickstart
-# The trainer and tools run on CPU here; libtpu (installed for tools/aot_compile.py) would otherwise
-# probe for a TPU in every process.
+# The trainer and tools run on CPU here. The runtime set (requirements.txt, all `make demo` needs)
+# has no libtpu; the test set adds it (tests/test_aot_compile.py compiles for TPU), and with it
+# installed every JAX process would probe for a TPU and take libtpu's lockfile. One .venv serves
+# both targets, so this holds for all of them (JAX_PLATFORMS= make demo lets JAX pick the device).
 export JAX_PLATFORMS ?= cpu
 
 .PHONY: test demo benchmark clean

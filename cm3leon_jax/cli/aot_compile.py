@@ -1,8 +1,9 @@
 r"""Compile the real train step for a TPU slice on a CPU host and report its per-chip memory.
 
-libtpu (requirements.txt) compiles for a described TPU topology without any TPU attached: the model,
-optimizer, abstract train state and batch come from the gin files, the step is the trainer's
-(``make_train_step`` + ``jit_train_step``), and XLA's memory and cost analyses say whether it fits:
+libtpu (the `tpu` extra, pip install "cm3leon_jax[tpu]"; requirements-test.txt pins it) compiles for
+a described TPU topology without any TPU attached: the model, optimizer, abstract train state and
+batch come from the gin files, the step is the trainer's (``make_train_step`` +
+``jit_train_step``), and XLA's memory and cost analyses say whether it fits:
 
   python tools/aot_compile.py --gin_file=runs/pretrain_7b_v5p128.gin
   python tools/aot_compile.py --gin_file=models/cm3leon_350m.gin --topology=v5p-16 \
@@ -22,6 +23,7 @@ bound: 100% MFU, no communication).
 """
 
 import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -230,8 +232,24 @@ def _model_name(gin_files) -> str:
   return os.path.splitext(os.path.basename(gin_files[-1]))[0]
 
 
+# Without libtpu JAX has no TPU compiler, and get_topology_desc fails with "JAX TPU support not
+# installed". The runtime set (requirements.txt) leaves libtpu out: installed, it makes every JAX
+# process on a CPU host probe for a TPU.
+MISSING_LIBTPU = ('tools/aot_compile.py compiles with the TPU compiler, libtpu, which is not '
+                  'installed. Install it with `pip install "cm3leon_jax[tpu]"` (or `pip install -r '
+                  'requirements-test.txt`, which pins it), or point TPU_LIBRARY_PATH at a '
+                  'libtpu.so.')
+
+
+def check_tpu_compiler() -> None:
+  """SystemExit with MISSING_LIBTPU when JAX would find no TPU compiler."""
+  if importlib.util.find_spec('libtpu') is None and not os.environ.get('TPU_LIBRARY_PATH'):
+    raise SystemExit(MISSING_LIBTPU)
+
+
 def main(argv):
   del argv
+  check_tpu_compiler()
   config = gin_utils.model_config(_GIN_FILES.value, _GIN_BINDINGS.value)
   settings = resolve_settings(config.max_length)
   optimizer_config = _gin_optimizer_config()

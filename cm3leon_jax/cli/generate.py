@@ -7,12 +7,15 @@ r"""Text -> images: sample a PNG grid (one row per prompt) from a trained model.
 Sampling is top-p with classifier-free guidance by default (the paper's setting); --cd_k_fraction
 draws that share of each prompt's samples with CD-K instead. With --retrieval_index, each prompt's
 retrieved documents go before it; with --clip_rerank, --num_samples are drawn and the best --keep
-by CLIP similarity are shown. The settings are written beside the grid (<output>.json).
+by CLIP similarity are shown. Samples are enlarged in the grid by nearest-neighbour upscaling
+(--scale; by default the smallest factor giving cells of at least 128 pixels). The settings are
+written beside the grid (<output>.json).
 """
 
 import dataclasses
 import json
 import os
+from typing import Optional, Tuple
 
 from absl import app, flags, logging
 import numpy as np
@@ -26,6 +29,10 @@ from cm3leon_jax.training.metrics import image_grid
 
 FLAGS = flags.FLAGS
 
+# Default --scale: enough for each cell of the grid to be at least this many pixels on a side (the
+# quickstart's 32-pixel samples are shown at 128).
+MIN_CELL_PIXELS = 128
+
 
 def define_flags():
   """The tool's flags (defined when run, so tests can import the module)."""
@@ -35,6 +42,9 @@ def define_flags():
   flags.DEFINE_multi_string('prompt', [], 'A caption to draw (repeat for several).')
   flags.DEFINE_string('prompts_file', None, 'A text file with one caption per line.')
   flags.DEFINE_string('output', 'samples.png', 'The PNG grid to write.')
+  flags.DEFINE_integer('scale', None, 'Enlarge each sample this many times in the grid '
+                       '(nearest neighbour; 1: actual size). Default: the smallest factor that '
+                       f'makes each cell at least {MIN_CELL_PIXELS} pixels.', lower_bound=1)
   flags.DEFINE_integer('num_samples', 4, 'Samples per prompt.')
   flags.DEFINE_integer('keep', None, 'With --clip_rerank: samples kept per prompt (default all).')
   flags.DEFINE_float('guidance_scale', 3.0, 'Classifier-free guidance scale s (>= 0).')
@@ -99,6 +109,27 @@ def rerank(images: np.ndarray, prompts) -> np.ndarray:
                    for row, text in zip(images, prompts)])
 
 
+def upscale_factor(height: int, width: int, scale: Optional[int] = None) -> int:
+  """`scale`, or (None) the smallest factor making a height x width sample at least
+  MIN_CELL_PIXELS on each side (1 for samples that large already)."""
+  if scale is not None:
+    if scale < 1:
+      raise ValueError(f'scale must be at least 1, got {scale}')
+    return scale
+  return max(1, -(-MIN_CELL_PIXELS // min(height, width)))
+
+
+def sample_grid(images: np.ndarray, scale: Optional[int] = None) -> Tuple[np.ndarray, int]:
+  """(the PNG grid of samples [P, S, H, W, 3], one row per prompt, the factor used).
+
+  Each sample is enlarged `upscale_factor` times by repeating its pixels (nearest neighbour:
+  the generated pixels stay as they are, only bigger).
+  """
+  factor = upscale_factor(images.shape[-3], images.shape[-2], scale)
+  large = np.repeat(np.repeat(images, factor, axis=-3), factor, axis=-2)
+  return image_grid(large.reshape((-1,) + large.shape[2:]), columns=images.shape[1]), factor
+
+
 def main(argv):
   del argv
   prompts = read_prompts()
@@ -107,16 +138,17 @@ def main(argv):
   prefixes, retrieved = retrieved_prefixes(pretrained, prompts)
   images, _ = generation.text_to_image(pretrained, prompts, config, prefixes)
   images = rerank(images, prompts)
-  grid = image_grid(images.reshape((-1,) + images.shape[2:]), columns=images.shape[1])
+  grid, factor = sample_grid(images, FLAGS.scale)
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
   Image.fromarray(grid).save(FLAGS.output)
   settings = {'checkpoint': os.path.abspath(FLAGS.checkpoint), 'prompts': prompts,
               'decoding': dataclasses.asdict(config), 'retrieved': retrieved,
-              'clip_rerank': FLAGS.clip_rerank, 'keep': FLAGS.keep,
+              'clip_rerank': FLAGS.clip_rerank, 'keep': FLAGS.keep, 'scale': factor,
               'image_tokenizer': pretrained.image_tokenizer_path}
   with open(os.path.splitext(FLAGS.output)[0] + '.json', 'w', encoding='utf-8') as f:
     json.dump(settings, f, indent=2)
-  logging.info('Wrote %s (%d prompts x %d samples).', FLAGS.output, *images.shape[:2])
+  logging.info('Wrote %s (%d prompts x %d samples of %d x %d pixels, shown %d times larger).',
+               FLAGS.output, *images.shape[:2], *images.shape[2:4], factor)
   print(FLAGS.output)
 
 

@@ -230,20 +230,36 @@ def report(workdir: str, model_dir: str, baseline: float, seconds: float,
 def main(argv):
   del argv
   start = time.perf_counter()
+  # The stages run in this process (preprocessing, retrieval, sampling) import TensorFlow later.
+  cli.hide_gpus_from_tensorflow()
   workdir = os.path.abspath(_WORKDIR.value)
   prepare_workdir(workdir)
+  _stage(1, 'the text vocabulary (a 128-piece BPE on synthetic captions)')
   text = text_vocabulary(workdir)
+  _stage(2, f'the image tokenizer ({_TOKENIZER_STEPS.value} steps)')
   image = image_tokenizer(workdir)
+  _stage(3, f'the CLIP retriever ({_CLIP_STEPS.value} steps)')
   clip_dir = clip(workdir)
-  retrieved_dir = retrieval(store(workdir, text, image, clip_dir), clip_dir)
+  _stage(4, 'Beam preprocessing of the train and validation pairs into the store')
+  store_dir = store(workdir, text, image, clip_dir)
+  _stage(5, 'the memory-bank index and two retrieved neighbours per document')
+  retrieved_dir = retrieval(store_dir, clip_dir)
+  _stage(6, 'training with gin/quickstart.gin')
   model_dir = train(workdir)
+  _stage(7, f'sampling and judging {_JUDGED_EXAMPLES.value} held-out examples')
   judged = sample_and_judge(workdir, model_dir)
+  _stage(8, 'the report (unigram baseline, loss curve)')
   summary = report(workdir, model_dir, unigram_baseline(workdir), time.perf_counter() - start,
                    retrieved_dir, judged)
   print(json.dumps(summary, indent=2))
   print(f"Validation loss {summary['validation_loss']:.3f} vs unigram baseline "
         f"{summary['unigram_baseline']:.3f}; curve: {summary['loss_curve']}")
   print(describe_samples(judged))
+
+
+def _stage(number: int, what: str) -> None:
+  """Say which stage starts (a stage whose output exists returns at once: the run resumes)."""
+  logging.info('Stage %d/8: %s', number, what)
 
 
 def describe_samples(judged: dict) -> str:

@@ -35,7 +35,8 @@ def local_runner_by_default(options: Optional[PipelineOptions]) -> PipelineOptio
   network error); the FnApiRunner it falls back to is what runs here, with --direct_num_workers
   and --direct_running_mode, and needs no network.
   """
-  options = options or PipelineOptions()
+  # An empty list: PipelineOptions() would parse sys.argv, and warn about each of the tool's own flags.
+  options = options or PipelineOptions([])
   if options.view_as(StandardOptions).runner is None:
     options.view_as(StandardOptions).runner = 'FnApiRunner'
   return options

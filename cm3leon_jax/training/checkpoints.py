@@ -12,6 +12,7 @@ INITIAL_CHECKPOINT_PATH without its optimizer state).
 
 import dataclasses
 import os
+import pathlib
 import signal
 import threading
 from typing import Any, Optional
@@ -30,7 +31,14 @@ class CheckpointShapeError(ValueError):
 
 def saved_param_shapes(state_dir: str) -> dict:
   """{'/'-joined parameter path: shape} of a saved train state (or params) folder."""
-  metadata = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata.tree
+  # The handler reads the item's own tree metadata (<state_dir>/_METADATA). A Checkpointer's
+  # metadata() would also look for the step's _CHECKPOINT_METADATA, which the CheckpointManager
+  # writes one level up (<step>/), and warn "Metadata file does not exist" for every item folder.
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    metadata = handler.metadata(pathlib.Path(state_dir)).tree
+  finally:
+    handler.close()
   tree = metadata.get('params', metadata)
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {_path(p): tuple(leaf.shape) for p, leaf in flat}

@@ -12,7 +12,6 @@ a typo fails at once with gin's message and the file name.
 """
 
 import json
-import logging as logging_std
 import math
 import os
 import sys
@@ -24,6 +23,9 @@ import gin
 import jax
 import numpy as np
 
+# cli first: importing it sets up the process's logging (TF's INFO lines, orbax's INFO lines,
+# known harmless library warnings) before TensorFlow is imported.
+from cm3leon_jax import cli  # pylint: disable=g-bad-import-order
 from cm3leon_jax import flops, gin_utils, partitioning
 from cm3leon_jax.training import checkpoints
 from cm3leon_jax.data import objective
@@ -121,8 +123,7 @@ def _write_model_files(model_dir, model_config, mixture_or_task_name, vocab):
   info = stores.task_store_info(mixture_or_task_name)
   image_tokenizer, cm3 = None, objective.CM3Config()
   if info is not None:
-    image_tokenizer = next(iter(info[0].values())).manifest['image_tokenizer']['path']
-    cm3 = info[1].cm3
+    image_tokenizer, cm3 = info.image_tokenizer, info.assembly.cm3
   pretrained.write_model_files(model_dir, model_config, vocab, image_tokenizer, cm3)
 
 
@@ -279,18 +280,9 @@ def _initialize_distributed():
     jax.distributed.initialize()
 
 
-class _QuietLibraries(logging_std.Filter):
-  """Drops orbax's and TensorStore's INFO lines (dozens per checkpoint); warnings still show."""
-
-  def filter(self, record):
-    return record.levelno >= logging_std.WARNING or not any(
-        name in record.pathname for name in ('/orbax/', '/tensorstore/'))
-
-
 def main(argv, extra_bindings=()):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   _initialize_distributed()
   # Parse (and fail on typos) before any data or compilation work starts.
   gin_utils.parse(FLAGS.gin_file, list(FLAGS.gin_bindings) + list(extra_bindings))
@@ -307,6 +299,7 @@ def run():
   """Console entry point: accepts --gin.NAME=VALUE as t5x does."""
   _define_flags()
   argv, bindings = _gin_dot_bindings(sys.argv)
+  cli.hide_gpus_from_tensorflow()  # Before any TF op: the input pipeline's TF stays on the CPU.
   app.run(lambda a: main(a, bindings), argv=argv)
 
 

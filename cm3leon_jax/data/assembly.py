@@ -33,7 +33,7 @@ class AssemblyConfig:
     num_retrieved: at most this many retrieved documents go before the query (CM3Leon: 2).
     image_first_probability: chance that a document is laid out ``image <break> text``.
     masking_rate: chance that an example gets the CM3 rearrangement; otherwise it stays a plain
-      left-to-right sequence (SPEC masks every document: 1.0).
+      left-to-right sequence (the papers mask every document: 1.0).
     cm3: span count law, sentinel style and image weighting of the CM3 objective.
   """
 

@@ -1,4 +1,6 @@
-"""The CM3 causal-masked objective (SPEC section 3), on one example at a time, in numpy.
+"""The CM3 causal-masked objective (CM3, arXiv 2201.07520, section 2, with CM3Leon's changes, arXiv
+2309.02591, section 2.2), on one example at a time, in numpy. Choices the papers leave open are
+listed in docs/method.md.
 
 An example is a 1-D array of token ids: documents joined by <eos>, each document e.g.
 ``text <break> image`` or ``image <break> text``. ``rearrange`` masks n spans of it:
@@ -15,7 +17,7 @@ An example is a 1-D array of token ids: documents joined by <eos>, each document
   are placed uniformly over all valid configurations (non-empty, non-overlapping, never adjacent).
   With ``image_weight='tokens'`` (the default) an image counts as the C(T + 1, 2) token spans
   of its T tokens, all snapped to the whole image: span ends are uniform over the document's
-  tokens, as SPEC says, so a 1024-token image is masked far more often than a 20-token caption.
+  tokens, as in CM3, so a 1024-token image is masked far more often than a 20-token caption.
   ``image_weight='unit'`` counts an image as a single one-unit span instead.
 * ``whole_text_rate`` (off by default) makes one of the n spans a whole caption, so the model learns
   the ``<mask> <break> image`` context that guidance and captioning prompt it with.
@@ -117,7 +119,7 @@ class CM3Config:
       inside it (uniform span ends over tokens); 'unit': it weighs one, like a single text token.
     whole_text_rate: chance that one of an example's n spans is a whole text segment (a whole
       caption), chosen uniformly among its text segments; the other n - 1 follow the law above.
-      0 is SPEC's law, under which a 12-token caption beside a 64-token image is masked whole
+      0 is the papers' law, under which a 12-token caption beside a 64-token image is masked whole
       about once in 3,000 documents, so the model barely sees the `<mask> <break> image` context
       that classifier-free guidance's unconditional stream and the captioning prompt use.
   """
@@ -148,19 +150,44 @@ class CM3Config:
                        f'{self.sentinel_style!r}.')
 
 
+class Span(NamedTuple):
+  """A masked span: tokens [start, end) of the input (whole units of one segment)."""
+
+  start: int
+  end: int
+
+
+class Units(NamedTuple):
+  """An example cut into units and segments (see the module docstring).
+
+  Attributes:
+    classes: int8 [len(tokens)], each token's class (_UNIT, _BOUNDARY, _IMAGE, _RESERVED).
+    starts: [units] token offset where each unit starts.
+    ends: [units] token offset where each unit ends (exclusive).
+    segment_offsets: [segments] index (into starts / ends) of each segment's first unit.
+    segment_sizes: [segments] units in each segment.
+  """
+
+  classes: np.ndarray
+  starts: np.ndarray
+  ends: np.ndarray
+  segment_offsets: np.ndarray
+  segment_sizes: np.ndarray
+
+
 class CM3Result(NamedTuple):
   """One rearranged example.
 
   Attributes:
     tokens: int32 [len(input) + extra_tokens(n)], the rearranged sequence.
     loss_weights: int32, like tokens: 0 at the in-place sentinels, 1 elsewhere.
-    spans: the n masked spans as (start, end) token offsets into the input, left to right.
+    spans: the n masked spans (Span(start, end) token offsets into the input), left to right.
     num_spans_drawn: n as drawn, before it was reduced to what the example can hold.
   """
 
   tokens: np.ndarray
   loss_weights: np.ndarray
-  spans: List[Tuple[int, int]]
+  spans: List[Span]
   num_spans_drawn: int
 
 
@@ -188,8 +215,8 @@ def span_count_probabilities(rate: float, max_spans: int) -> np.ndarray:
   return probs
 
 
-def _units(tokens: np.ndarray, ids: CM3Tokens):
-  """Token classes, unit (start, end) offsets and the unit offsets and sizes of the segments."""
+def _units(tokens: np.ndarray, ids: CM3Tokens) -> Units:
+  """The example's token classes, units and segments."""
   classes = ids.classes[np.minimum(tokens, len(ids.classes) - 1)]
   boundary = classes == _BOUNDARY
   image = classes == _IMAGE
@@ -203,7 +230,7 @@ def _units(tokens: np.ndarray, ids: CM3Tokens):
   segment_of_unit = np.cumsum(boundary)[starts]
   segment_offsets = np.flatnonzero(np.diff(segment_of_unit, prepend=-1))
   segment_sizes = np.diff(segment_offsets, append=len(starts))
-  return classes, starts, ends, segment_offsets, segment_sizes
+  return Units(classes, starts, ends, segment_offsets, segment_sizes)
 
 
 def _configurations(size: int, image_tokens: int, n: int) -> List[int]:
@@ -272,16 +299,16 @@ def draw_span_count(rng: np.random.Generator, config: CM3Config) -> int:
   return min(max(int(rng.poisson(config.poisson_rate)), 1), config.max_spans)
 
 
-def _image_segment_tokens(classes, starts, ends, offsets, sizes, config) -> List[int]:
+def _image_segment_tokens(units: Units, config: CM3Config) -> List[int]:
   """Per segment: its token count if it is one image (and images weigh by tokens), else 0."""
   if config.image_weight == 'unit':
-    return [0] * len(sizes)
-  first_units = starts[offsets]
-  is_image = (sizes == 1) & (classes[first_units] == _IMAGE)
-  return np.where(is_image, ends[offsets] - first_units, 0).tolist()
+    return [0] * len(units.segment_sizes)
+  first_units = units.starts[units.segment_offsets]
+  is_image = (units.segment_sizes == 1) & (units.classes[first_units] == _IMAGE)
+  return np.where(is_image, units.ends[units.segment_offsets] - first_units, 0).tolist()
 
 
-def _whole_text_segment(classes, starts, offsets, rng: np.random.Generator,
+def _whole_text_segment(units: Units, rng: np.random.Generator,
                         config: CM3Config) -> Optional[int]:
   """The text segment masked whole (with chance whole_text_rate), or None.
 
@@ -289,7 +316,7 @@ def _whole_text_segment(classes, starts, offsets, rng: np.random.Generator,
   """
   if not config.whole_text_rate:
     return None
-  text_segments = np.flatnonzero(classes[starts[offsets]] != _IMAGE)
+  text_segments = np.flatnonzero(units.classes[units.starts[units.segment_offsets]] != _IMAGE)
   if rng.random() >= config.whole_text_rate or not text_segments.size:
     return None
   return int(rng.choice(text_segments))
@@ -316,31 +343,31 @@ def rearrange(tokens, rng: np.random.Generator, tokens_ids: CM3Tokens,
   if config.sentinel_style == 'enumerated' and len(tokens_ids.sentinel_ids) < config.max_spans:
     raise ValueError(f'max_spans={config.max_spans} needs as many sentinel ids; CM3Tokens has '
                      f'{len(tokens_ids.sentinel_ids)}.')
-  classes, starts, ends, offsets, sizes = _units(tokens, tokens_ids)
-  if (classes == _RESERVED).any():
+  units = _units(tokens, tokens_ids)
+  if (units.classes == _RESERVED).any():
     raise ValueError('rearrange() input contains ids the objective inserts (<mask>, <infill>, '
                      '<eoss> or a sentinel); restore() could not invert it.')
   drawn = draw_span_count(rng, config) if num_spans is None else int(num_spans)
-  capacity = (sizes + 1) // 2
+  capacity = (units.segment_sizes + 1) // 2
   n = min(drawn, int(capacity.sum()))
   if n == 0:
     return CM3Result(tokens.copy(), np.ones(len(tokens), np.int32), [], drawn)
-  whole = _whole_text_segment(classes, starts, offsets, rng, config)
+  whole = _whole_text_segment(units, rng, config)
   if whole is not None:
     n = min(drawn, 1 + int(capacity.sum() - capacity[whole]))
-  image_tokens = _image_segment_tokens(classes, starts, ends, offsets, sizes, config)
-  sizes = sizes.tolist()
+  image_tokens = _image_segment_tokens(units, config)
+  sizes = units.segment_sizes.tolist()
   coefficients = [[1] if i == whole else _configurations(m, t, n)
                   for i, (m, t) in enumerate(zip(sizes, image_tokens))]
   cut_units = []
   counts = _sample_segment_counts(coefficients, n - (whole is not None), rng)
-  for i, (offset, size, k) in enumerate(zip(offsets.tolist(), sizes, counts)):
+  for i, (offset, size, k) in enumerate(zip(units.segment_offsets.tolist(), sizes, counts)):
     if i == whole:
       cut_units.append(np.array([offset, offset + size]))
     elif k:
       cut_units.append(np.sort(rng.choice(size + 1, 2 * k, replace=False)) + offset)
   cut_units = np.concatenate(cut_units)
-  span_starts, span_ends = starts[cut_units[0::2]], ends[cut_units[1::2] - 1]
+  span_starts, span_ends = units.starts[cut_units[0::2]], units.ends[cut_units[1::2] - 1]
   return _assemble(tokens, span_starts, span_ends, _sentinels(n, tokens_ids, config),
                    tokens_ids, drawn)
 
@@ -361,7 +388,7 @@ def _assemble(tokens, span_starts, span_ends, sentinels, ids, drawn) -> CM3Resul
   weights = np.ones(len(output), np.int32)
   masked_before = np.cumsum(span_ends - span_starts) - (span_ends - span_starts)
   weights[span_starts - masked_before + np.arange(n)] = 0
-  spans = list(zip(span_starts.tolist(), span_ends.tolist()))
+  spans = [Span(start, end) for start, end in zip(span_starts.tolist(), span_ends.tolist())]
   return CM3Result(output, weights, spans, drawn)
 
 
@@ -417,12 +444,12 @@ def restore(rearranged_tokens, tokens_ids: CM3Tokens, config: CM3Config) -> np.n
   return np.concatenate(pieces)
 
 
-def infilling_prompt(tokens, span: Tuple[int, int], tokens_ids: CM3Tokens,
+def infilling_prompt(tokens, span: Span, tokens_ids: CM3Tokens,
                      config: CM3Config) -> np.ndarray:
   """The prompt whose continuation fills ``tokens[start:end]``: a one-span rearrangement, cut short.
 
-  body (the span replaced by sentinel 0) + <infill> + sentinel 0; a model trained with CM3
-  continues with the span's tokens and <eoss>. E.g. captioning: tokens = ``text <break> image``,
+  The prompt is body (`span`, a Span or any (start, end) pair, replaced by sentinel 0) + <infill>
+  + sentinel 0; a model trained with CM3 continues with the span's tokens and <eoss>. E.g. captioning: tokens = ``text <break> image``,
   span = the text; text-to-image infilling: span = the image.
 
   Raises:
@@ -433,12 +460,12 @@ def infilling_prompt(tokens, span: Tuple[int, int], tokens_ids: CM3Tokens,
   if not 0 <= start < end <= len(tokens):
     raise ValueError(f'infilling_prompt(): span {span} is not a non-empty range of the '
                      f'{len(tokens)} tokens.')
-  classes, unit_starts, unit_ends, _, _ = _units(tokens, tokens_ids)
-  if (classes == _RESERVED).any():
+  units = _units(tokens, tokens_ids)
+  if (units.classes == _RESERVED).any():
     raise ValueError('infilling_prompt(): tokens contain ids the objective inserts.')
-  if (classes[start:end] == _BOUNDARY).any():
+  if (units.classes[start:end] == _BOUNDARY).any():
     raise ValueError(f'infilling_prompt(): span {span} contains a boundary token.')
-  if start not in set(unit_starts.tolist()) or end not in set(unit_ends.tolist()):
+  if start not in set(units.starts.tolist()) or end not in set(units.ends.tolist()):
     raise ValueError(f'infilling_prompt(): span {span} cuts an image (images are masked whole).')
   sentinel = _sentinels(1, tokens_ids, config)
   return np.concatenate([tokens[:start], sentinel, tokens[end:], [tokens_ids.infill_id], sentinel]

@@ -12,7 +12,7 @@ draws new masks.
 
 import functools
 import os
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import gin
 import seqio
@@ -24,15 +24,31 @@ from cm3leon_jax.data import store as store_lib
 # Where the standard tasks' stores live (see the `tasks` package).
 DATA_DIR = os.path.expanduser(os.environ.get('CM3LEON_DATA_DIR', '~/.cache/cm3leon_jax/data'))
 
-# What each registered store task reads: its stores by split and its assembly config (samplers
-# need the image tokenizer the store names and the CM3 settings the model was trained with).
-_TASK_STORES = {}
+class TaskStoreInfo(NamedTuple):
+  """What a registered store task reads; samplers need the image tokenizer its stores name and the
+  CM3 settings the model was trained with.
+
+  Attributes:
+    stores: {split: DocumentStore}, the task's document stores by split.
+    assembly: how the task assembles its examples (its ``cm3`` field is the CM3 objective's).
+  """
+
+  stores: Dict[str, store_lib.DocumentStore]
+  assembly: assembly.AssemblyConfig
+
+  @property
+  def image_tokenizer(self) -> str:
+    """The image tokenizer folder the stores were written with (the first split's manifest)."""
+    return next(iter(self.stores.values())).manifest['image_tokenizer']['path']
 
 
-def task_store_info(name: str) -> Optional[Tuple[Dict[str, store_lib.DocumentStore],
-                                                  assembly.AssemblyConfig]]:
-  """({split: store}, assembly config) of a registered store task, or of a mixture's first
-  store task; None for tasks that do not read a document store."""
+# Each registered store task's TaskStoreInfo, by task name.
+_TASK_STORES: Dict[str, TaskStoreInfo] = {}
+
+
+def task_store_info(name: str) -> Optional[TaskStoreInfo]:
+  """The TaskStoreInfo of a registered store task, or of a mixture's first store task; None for
+  tasks that do not read a document store."""
   if name in _TASK_STORES:
     return _TASK_STORES[name]
   if name in seqio.MixtureRegistry.names():
@@ -95,7 +111,7 @@ def register_store_task(name: str, store_dir: str,
       'targets': seqio.Feature(vocabulary, add_eos=False),
       'loss_weights': seqio.Feature(seqio.PassThroughVocabulary(2), add_eos=False),
   }
-  _TASK_STORES[name] = (stores, assembly_config)
+  _TASK_STORES[name] = TaskStoreInfo(stores=stores, assembly=assembly_config)
   seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors,
                                 output_features=output_features,

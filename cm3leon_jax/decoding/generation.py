@@ -1,4 +1,5 @@
-"""The paper's generation tasks on top of ``decoding.generate`` (SPEC section 5).
+"""The paper's generation tasks on top of ``decoding.generate`` (CM3Leon, arXiv 2309.02591,
+sections 3 and 4).
 
   text_to_image   ``[retrieved docs <eos>] caption <break>`` -> N image codes (CFG, CD-K, top-p)
   caption         ``<sentinel:0> <break> image <infill> <sentinel:0>`` -> caption text <eoss>

@@ -1,4 +1,5 @@
-"""The decoding loop: one jitted ``lax.while_loop`` over the KV cache (SPEC section 5).
+"""The decoding loop: one jitted ``lax.while_loop`` over the KV cache (CM3Leon, arXiv 2309.02591,
+section 3.1).
 
 The contract follows t5x: the loop calls ``tokens_to_logits(state) -> (logits [rows, V], cache)``
 once per step, where ``state`` (``DecodingState``) holds each row's current token and index, the
@@ -43,6 +44,27 @@ class DecodingState:
   cur_token: jax.Array
   sequences: jax.Array
   cache: Any
+
+
+@flax.struct.dataclass
+class LoopState:
+  """The carry of ``decode``'s while loop (t5x's ``SamplingLoopState``).
+
+  Attributes:
+    step: scalar int32, how many tokens each row has picked so far.
+    decoding: what ``tokens_to_logits`` sees next (current tokens and indices, sequences, cache).
+    ended: [rows] bool, rows that have emitted a stop token.
+    num_tokens: [rows] int32, tokens each row generated (its stop token included).
+    span_state: modality control's per-row image-span state (``dl.prompt_span_state``), or None.
+    tokens: [rows, max_new_tokens] int32, the picked tokens, ``pad_id`` after a row ended.
+  """
+
+  step: jax.Array
+  decoding: DecodingState
+  ended: jax.Array
+  num_tokens: jax.Array
+  span_state: Optional[dl.SpanState]
+  tokens: jax.Array
 
 
 TokensToLogits = Callable[[DecodingState], Tuple[jax.Array, Any]]
@@ -183,33 +205,33 @@ def decode(tokens_to_logits: TokensToLogits, prompts: jax.Array, lengths: jax.Ar
   state = DecodingState(index, jnp.take_along_axis(prompts, index[:, None], axis=1), sequences,
                         cache)
   span_state = dl.prompt_span_state(spans, prompts[:rows], lengths[:rows]) if spans else None
-  out = jnp.full((rows, steps), config.pad_id, jnp.int32)
-  carry = (jnp.int32(0), state, jnp.zeros(rows, bool), jnp.zeros(rows, jnp.int32), span_state,
-           out)
+  start = LoopState(step=jnp.int32(0), decoding=state, ended=jnp.zeros(rows, bool),
+                    num_tokens=jnp.zeros(rows, jnp.int32), span_state=span_state,
+                    tokens=jnp.full((rows, steps), config.pad_id, jnp.int32))
 
-  def running(carry):
-    step, _, ended, *_ = carry
-    return (step < steps) & ~jnp.all(ended)
+  def running(loop: LoopState):
+    return (loop.step < steps) & ~jnp.all(loop.ended)
 
-  def body(carry):
-    step, state, ended, num_tokens, span_state, out = carry
+  def body(loop: LoopState) -> LoopState:
+    state = loop.decoding
     logits, cache = tokens_to_logits(state)
     logits = logits.astype(jnp.float32)
-    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
-    token = _pick(logits, state, span_state, step_keys, use_cd_k, config, spans, logit_callback)
-    token = jnp.where(ended, config.pad_id, token)
-    num_tokens = num_tokens + ~ended
-    ended = ended | jnp.isin(token, jnp.array(config.stop_ids, jnp.int32))
-    if spans:
-      span_state = dl.span_advance(spans, span_state, token)
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, loop.step)
+    token = _pick(logits, state, loop.span_state, step_keys, use_cd_k, config, spans,
+                  logit_callback)
+    token = jnp.where(loop.ended, config.pad_id, token)
+    span_state = dl.span_advance(spans, loop.span_state, token) if spans else loop.span_state
     fed = jnp.tile(token, streams)
     write = jax.vmap(lambda row, t, i: row.at[i].set(t))
     state = DecodingState(state.cur_index + 1, fed[:, None],
                           write(state.sequences, fed, state.cur_index + 1), cache)
-    return step + 1, state, ended, num_tokens, span_state, out.at[:, step].set(token)
+    return LoopState(step=loop.step + 1, decoding=state,
+                     ended=loop.ended | jnp.isin(token, jnp.array(config.stop_ids, jnp.int32)),
+                     num_tokens=loop.num_tokens + ~loop.ended, span_state=span_state,
+                     tokens=loop.tokens.at[:, loop.step].set(token))
 
-  _, _, _, num_tokens, _, out = jax.lax.while_loop(running, body, carry)
-  return out, num_tokens
+  end = jax.lax.while_loop(running, body, start)
+  return end.tokens, end.num_tokens
 
 
 def _pick(logits, state, span_state, keys, use_cd_k, config, spans, logit_callback):

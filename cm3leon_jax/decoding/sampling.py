@@ -1,8 +1,9 @@
-"""Generation with a ``Decoder``: token prompts in, samples out (SPEC section 5).
+"""Generation with a ``Decoder``: token prompts in, samples out (CM3Leon, arXiv 2309.02591,
+section 3.1; see docs/decoding.md).
 
 ``generate(model, params, prompts, DecodingConfig(...), vocab)`` validates the prompts, builds the
 guidance streams (``unconditional_prompt``), prefills the KV cache and runs the loop of
-``decoding_loop.decode``, all under one ``jax.jit``. ``make_tokens_to_logits`` and ``prefill``
+``decoding.loop.decode``, all under one ``jax.jit``. ``make_tokens_to_logits`` and ``prefill``
 are the pieces for callers who drive ``decode`` themselves.
 
 Prompts are right-padded into one batch. After prefilling the padded batch, each row's cache index
@@ -123,7 +124,7 @@ def generate(model: Decoder, params, prompts: Sequence[Sequence[int]], config: D
       prompts, padding included).
     config: the decoding settings.
     vocab: the MultimodalVocabulary; needed for guidance, CD-K and modality control.
-    logit_callback: optional hook on the guided logits (see ``decoding_loop.LogitCallback``).
+    logit_callback: optional hook on the guided logits (see ``decoding.loop.LogitCallback``).
 
   Returns:
     The samples. Raises DecodingError, naming the problem, for prompts or settings it cannot use.

@@ -30,19 +30,19 @@ class TrainingSamples:
     """Samples for a store task's `split` (None, with a log line, when there is nothing to use)."""
     from cm3leon_jax.data import store_tasks as stores  # pylint: disable=g-import-not-at-top
     info = stores.task_store_info(mixture_or_task_name)
-    if not count or info is None or split not in info[0]:
+    if not count or info is None or split not in info.stores:
       if count:
         logging.info('No sample grids: %s has no document store with a %r split.',
                      mixture_or_task_name, split)
       return None
-    store = info[0][split]
+    store = info.stores[split]
     captions = []
     for document in store.documents():
       captions.append(document.text)
       if len(captions) == count:
         break
-    return cls(model, vocab, captions, store.manifest['image_tokenizer']['path'], info[1].cm3,
-               model_dir)
+    return cls(model, vocab, captions, store.manifest['image_tokenizer']['path'],
+               info.assembly.cm3, model_dir)
 
   def __call__(self, params) -> np.ndarray:
     """uint8 images [count, H, W, 3], one per caption."""

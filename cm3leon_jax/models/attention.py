@@ -64,7 +64,7 @@ class Attention(nn.Module):
     out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'kv'))
     out = layers.dense(cfg, x.shape[-1], ('heads', 'kv', 'embed'), 'out', contract=2,
                        zero_init=cfg.zero_init_residual)(out)
-    return checkpoint_name(out, 'attention_out')
+    return checkpoint_name(out, 'out_proj')
 
   def _library_impl(self):
     """The `implementation` argument of jax.nn.dot_product_attention ('blocked' is ours)."""

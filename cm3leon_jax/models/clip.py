@@ -1,4 +1,5 @@
-"""CLIP, the frozen dense retriever of retrieval augmentation (SPEC section 4).
+"""CLIP, the frozen dense retriever of retrieval augmentation (RA-CM3, arXiv 2211.12561, section 3;
+CM3Leon, arXiv 2309.02591, section 2.1).
 
 A ViT image tower and a causal text transformer, each projected (without bias) into one shared
 space. Module and parameter names follow transformers' CLIPModel, so that a checkpoint tensor's
@@ -12,12 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cm3leon_jax.models.clip_config import CLIPConfig
-
-_ACTIVATIONS = {
-    'quick_gelu': lambda x: x * jax.nn.sigmoid(1.702 * x),
-    'gelu': lambda x: jax.nn.gelu(x, approximate=False),
-}
+from cm3leon_jax.models.clip_config import ACTIVATIONS, CLIPConfig
 
 
 def _layer_norm(config: CLIPConfig, name: str) -> nn.LayerNorm:
@@ -54,7 +50,7 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    h = _ACTIVATIONS[self.config.activation](nn.Dense(self.hidden, name='fc1')(x))
+    h = ACTIVATIONS[self.config.activation](nn.Dense(self.hidden, name='fc1')(x))
     return nn.Dense(x.shape[-1], name='fc2')(h)
 
 
@@ -199,7 +195,8 @@ def document_embedding(text_emb: Optional[jax.Array] = None,
 
   A single-modality document is its one normalised embedding. Both arguments are [..., dim]
   (as from ``CLIP.encode_text`` / ``encode_image``). The mean of two unit vectors is not itself
-  unit-norm; the retriever's inner-product search scores it as it is (SPEC section 4).
+  unit-norm; the retriever's inner-product search scores it as it is (RA-CM3, arXiv 2211.12561,
+  section 3).
   """
   parts = [_l2_normalise(e.astype(jnp.float32)) for e in (text_emb, image_emb) if e is not None]
   if not parts:

@@ -1,15 +1,22 @@
 """The dataclass that configures the frozen CLIP retriever (image and text towers), with validation.
 
-Defaults are OpenAI's ViT-B/32, the retriever of CM3Leon (SPEC section 4). ``from_hf_config_dict``
-reads the config.json that transformers' CLIPModel.save_pretrained writes.
+Defaults are OpenAI's ViT-B/32, the retriever of CM3Leon (arXiv 2309.02591, section 2.1).
+``from_hf_config_dict`` reads the config.json that transformers' CLIPModel.save_pretrained writes.
 """
 
 import dataclasses
 from typing import Any, Mapping
 
+import jax
+
 from cm3leon_jax.models.config import ConfigError
 
-ACTIVATIONS = ('quick_gelu', 'gelu')
+# The MLP activations by CLIPConfig.activation name (transformers' hidden_act); clip.Mlp applies
+# them. Unlike the decoder's, 'gelu' here is the exact (erf) form, as in transformers.
+ACTIVATIONS = {
+    'quick_gelu': lambda x: x * jax.nn.sigmoid(1.702 * x),
+    'gelu': lambda x: jax.nn.gelu(x, approximate=False),
+}
 
 # transformers' CLIPTextConfig / CLIPVisionConfig defaults, for fields a config.json leaves out.
 _HF_TEXT_DEFAULTS = {
@@ -81,7 +88,7 @@ class CLIPConfig:
     if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
       raise ConfigError(f'CLIPConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}.')
     if self.activation not in ACTIVATIONS:
-      raise ConfigError(f'CLIPConfig.activation must be one of {ACTIVATIONS}, '
+      raise ConfigError(f'CLIPConfig.activation must be one of {tuple(ACTIVATIONS)}, '
                         f'got {self.activation!r}.')
 
   @property

@@ -13,12 +13,20 @@ Invalid values fail here, at build time, with one message naming the field and t
 import dataclasses
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 
 from cm3leon_jax.models import remat
 
 FAMILIES = ('cm3leon', 'chameleon')
-ACTIVATIONS = ('relu', 'gelu', 'gelu_exact', 'silu')
+# The 'cm3leon' MLP's activations by DecoderConfig.activation name; layers.Mlp applies them.
+# 'gelu' is the tanh approximation (transformers' 'gelu_new'), 'gelu_exact' the erf form.
+ACTIVATIONS = {
+    'relu': jax.nn.relu,
+    'gelu': lambda x: jax.nn.gelu(x, approximate=True),
+    'gelu_exact': lambda x: jax.nn.gelu(x, approximate=False),
+    'silu': jax.nn.silu,
+}
 DTYPES = ('float32', 'bfloat16', 'float16')
 ATTENTION_IMPLS = (None, 'xla', 'cudnn', 'blocked')
 
@@ -48,11 +56,13 @@ class DecoderConfig:
     swin_norm: Chameleon-34B's norm order: h = x + norm(attn(x)); out = h + norm(mlp(h)).
     init_std: std of the truncated normal (cut at 3 std) for every weight matrix.
     position_init_std: std of the learned position table.
-    zero_init_residual: attention output and MLP output projections start at 0 (SPEC section 2).
+    zero_init_residual: attention output and MLP output projections start at 0 (CM3Leon, arXiv
+      2309.02591, section 2.3).
     param_dtype: storage dtype of the parameters (fp32 master weights by default).
     dtype: compute dtype of activations and matmuls.
     scan_layers: stack the blocks with nn.scan (one compiled block; parameters gain a 'layers' axis).
-    remat_policy: name from ``remat.POLICIES``; 'none' keeps every activation.
+    remat_policy: name from ``remat.POLICIES`` (MaxText's names); 'none' keeps every activation,
+      'full' recomputes the whole block.
     attention_impl: None or 'xla' (jax.nn.dot_product_attention's XLA path), 'cudnn' (its cuDNN
       flash attention, for GPUs) or 'blocked' (``blocked_attention``: skips the masked triangle;
       the fastest on CPUs). Decoding with the KV cache always uses jax.nn.dot_product_attention.
@@ -108,7 +118,8 @@ class DecoderConfig:
           '(each KV head serves a whole group of query heads).')
     if self.family == 'chameleon' and self.per_head_dim % 2:
       raise ConfigError(f'RoPE needs an even head_dim, got {self.per_head_dim}.')
-    _check_choice('remat_policy', self.remat_policy, tuple(remat.POLICIES))
+    if not remat.is_known(self.remat_policy):
+      raise ConfigError(f'DecoderConfig.{remat.unknown_policy_message(self.remat_policy)}')
 
   @property
   def kv_heads(self) -> int:

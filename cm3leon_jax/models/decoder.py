@@ -47,7 +47,7 @@ def _block_stack(config: DecoderConfig, decode: bool):
   """The layer stack's module class: Block, rematerialised by policy, scanned if configured."""
   block = Block
   if remat.uses_remat(config.remat_policy):
-    block = nn.remat(block, policy=remat.POLICIES[config.remat_policy],
+    block = nn.remat(block, policy=remat.policy(config.remat_policy),
                      prevent_cse=not config.scan_layers)
   if config.scan_layers:
     block = nn.scan(

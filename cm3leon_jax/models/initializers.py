@@ -1,4 +1,4 @@
-"""Initialisers of SPEC.md section 2, wrapped with logical axis names."""
+"""Initialisers of CM3Leon (arXiv 2309.02591) section 2.3, wrapped with logical axis names."""
 
 from typing import Sequence
 

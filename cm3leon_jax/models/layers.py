@@ -12,14 +12,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from cm3leon_jax.models import initializers
-from cm3leon_jax.models.config import DecoderConfig
-
-ACTIVATIONS = {
-    'relu': jax.nn.relu,
-    'gelu': lambda x: jax.nn.gelu(x, approximate=True),
-    'gelu_exact': lambda x: jax.nn.gelu(x, approximate=False),
-    'silu': jax.nn.silu,
-}
+from cm3leon_jax.models.config import ACTIVATIONS, DecoderConfig
 
 
 def layer_norm(x: jax.Array, eps: float) -> jax.Array:
@@ -117,7 +110,7 @@ class Mlp(nn.Module):
       h = ACTIVATIONS[cfg.activation](dense(cfg, hidden, ('embed', 'mlp'), 'wi')(x))
     h = nn.with_logical_constraint(h, ('batch', 'length', 'mlp'))
     out = dense(cfg, x.shape[-1], ('mlp', 'embed'), 'wo', zero_init=cfg.zero_init_residual)(h)
-    return checkpoint_name(out, 'mlp_out')
+    return checkpoint_name(out, 'mlpwo')
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:

@@ -1,4 +1,5 @@
-"""The VQ-GAN image tokenizer (SPEC section 1) in taming-transformers' layout.
+"""The VQ-GAN image tokenizer (CM3Leon, arXiv 2309.02591, section 2.1; Chameleon, arXiv
+2405.09818, section 2.1) in taming-transformers' layout.
 
 Make-A-Scene's and Chameleon's tokenizers are taming VQModels: Encoder -> quant_conv (1x1) ->
 VectorQuantizer2 -> post_quant_conv (1x1) -> Decoder. Images are NHWC floats in [-1, 1]; codes are

@@ -1,4 +1,5 @@
-"""A memory bank of document embeddings searched by maximum inner product (SPEC section 4).
+"""A memory bank of document embeddings searched by maximum inner product (RA-CM3, arXiv
+2211.12561, section 3).
 
 Embeddings are CLIP document embeddings (the mean of the L2-normalised text and image embeddings,
 re-normalised), so the inner product is the cosine similarity that the selection threshold

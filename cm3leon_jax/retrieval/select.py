@@ -1,4 +1,5 @@
-"""Which retrieved documents to prepend to a query document (SPEC section 4).
+"""Which retrieved documents to prepend to a query document (RA-CM3, arXiv 2211.12561, section 3;
+CM3Leon, arXiv 2309.02591, section 2.1; the choices they leave open are in docs/method.md).
 
 Relevance by score; modality: documents with both text and image first; diversity: skip near
 copies of the query (score above `max_score`) and duplicates of documents already chosen; query

@@ -1,9 +1,10 @@
 """The frozen CLIP retriever's document encoder: texts and images -> unit-norm document embeddings.
 
-A document's embedding is the mean of its L2-normalised text and image embeddings (SPEC section 4),
-re-normalised here so that inner products are cosines and the memory index accepts the rows. The
-encoder runs fixed-size padded batches, so each worker compiles each tower once and a document's
-embedding does not depend on which other documents share its batch.
+A document's embedding is the mean of its L2-normalised text and image embeddings (RA-CM3, arXiv
+2211.12561, section 3; CM3Leon, arXiv 2309.02591, section 2.1), re-normalised here so that inner
+products are cosines and the memory index accepts the rows. The encoder runs fixed-size padded
+batches, so each worker compiles each tower once and a document's embedding does not depend on
+which other documents share its batch.
 """
 
 import dataclasses

@@ -1,9 +1,9 @@
 """AdamW with warmup, a decay schedule and global-norm clipping, configured per model size.
 
-SPEC section 2: warmup 1500 steps; peak LR 6e-4 / 5e-4 / 1.2e-4 for 350M / 760M / 7B; the optimizer
-itself is not stated, so AdamW(0.9, 0.95), eps 1e-8, weight decay 0.1, clip 1.0 (OPT's and
-Chameleon's choice). The gin files of gin/runs/ set these per size; the schedule's shape after
-warmup is configurable ('cosine', 'linear' or 'constant').
+CM3Leon (arXiv 2309.02591) section 2.4: warmup 1500 steps; peak LR 6e-4 / 5e-4 / 1.2e-4 for 350M /
+760M / 7B; the optimizer itself is not stated, so AdamW(0.9, 0.95), eps 1e-8, weight decay 0.1,
+clip 1.0 (OPT's and Chameleon's choice; see docs/method.md). The gin files of gin/runs/ set these
+per size; the schedule's shape after warmup is configurable ('cosine', 'linear' or 'constant').
 """
 
 import dataclasses

@@ -3,8 +3,6 @@ seqio batches made from them."""
 
 import collections
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -21,7 +19,6 @@ from cm3leon_jax.cli import train_text_tokenizer
 from cm3leon_jax.models.vqgan_config import VQGANConfig
 from cm3leon_jax.tokenizers.multimodal import Image, Text
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENGTH = 128  # Task feature length of the test batches.
 
 # A random-weight VQ-GAN: 32 px -> 4x4 codes of 64. Its codes are arbitrary but deterministic,
@@ -90,10 +87,3 @@ def stored(store_dir, split='train'):
   vocab = store.vocabulary()
   return collections.Counter((vocab.decode(d.text_ids.tolist()), tuple(d.image_codes.tolist()))
                              for d in store.documents())
-
-
-def run_tool(args, env=None):
-  result = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
-                          env=env, timeout=900)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result

@@ -1,6 +1,8 @@
 """Small configs and utilities shared by the tests."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import flax.linen as nn
@@ -30,3 +32,13 @@ def model_and_params(config, seed=0):
 
 def random_tokens(shape, vocab, seed=1):
   return jax.random.randint(jax.random.key(seed), shape, 0, vocab)
+
+
+def run_tool(args, env=None, timeout=900) -> subprocess.CompletedProcess:
+  """Run `python ARGS...` from the repository root (a tool: `['tools/x.py', '--flag=...']`);
+  fail the test with the end of its stderr unless it exits 0."""
+  result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+

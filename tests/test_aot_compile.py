@@ -3,31 +3,27 @@
 import importlib.util
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import run_tool
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
                                 reason='libtpu is not installed (requirements.txt pins it): no '
                                 'TPU compiler to compile for a topology')
 
 
-def run_tool(*args):
+def aot_compile(*args):
   """The tool's RESULT line as a dict; a subprocess keeps this session's 8 CPU devices apart."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'aot_compile.py'), *args],
-                       capture_output=True, text=True, check=True, cwd=ROOT, env=env).stdout
+  out = run_tool(['tools/aot_compile.py', *args], env=dict(os.environ, JAX_PLATFORMS='cpu')).stdout
   lines = [line for line in out.splitlines() if line.startswith('RESULT aot_compile ')]
   assert len(lines) == 1, out
   return dict(re.findall(r'(\w+)=(\S+)', lines[0]))
 
 
 def test_tiny_step_fits_a_v5p_slice():
-  result = run_tool('--gin_file=models/tiny.gin', '--topology=v5p-8', '--batch_size=8',
-                    '--microbatches=2')
+  result = aot_compile('--gin_file=models/tiny.gin', '--topology=v5p-8', '--batch_size=8',
+                       '--microbatches=2')
   assert result['topology'] == 'v5p:2x2x1'
   assert result['chips'] == '4'
   assert result['mesh'] == '1x4x1'
@@ -39,6 +35,6 @@ def test_tiny_step_fits_a_v5p_slice():
 
 
 def test_hbm_override_reports_a_misfit():
-  result = run_tool('--gin_file=models/tiny.gin', '--topology=v5p:2x2x1', '--batch_size=8',
-                    '--hbm_gib=0.001')
+  result = aot_compile('--gin_file=models/tiny.gin', '--topology=v5p:2x2x1', '--batch_size=8',
+                       '--hbm_gib=0.001')
   assert result['fits'] == 'false'

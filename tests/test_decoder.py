@@ -1,5 +1,7 @@
 """Decoder behaviour: KV-cache decoding, packing, layer-stack options, dtypes and bad configs."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,7 +66,8 @@ def test_later_tokens_do_not_change_earlier_logits():
   assert np.abs(np.asarray(a[:, 8:] - b[:, 8:])).max() > 1e-4
 
 
-@pytest.mark.parametrize('policy', ['full', 'minimal', 'save_qkv_proj', 'save_out_proj'])
+@pytest.mark.parametrize('policy', ['full', 'minimal', 'save_qkv_proj', 'save_out_proj',
+                                    'save_dot_except_mlp', 'save_dot_except_mlpwi'])
 def test_remat_policies_give_the_same_gradients(policy):
   tokens = random_tokens((2, 12), 256)
 
@@ -76,6 +79,27 @@ def test_remat_policies_give_the_same_gradients(policy):
   reference = grads(tiny_config(family='chameleon'))
   rematted = grads(tiny_config(family='chameleon', remat_policy=policy))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), reference, rematted)
+
+
+QKV = {'query_proj', 'key_proj', 'value_proj'}
+# The named activations each policy keeps, as MaxText's names mean (swin_norm: the MLP output feeds a
+# norm inside the block, so keeping it is a real choice).
+KEPT_NAMES = {'full': set(), 'minimal': set(), 'save_qkv_proj': QKV, 'save_out_proj': {'out_proj'},
+              'save_dot_except_mlp': QKV | {'out_proj'},
+              'save_dot_except_mlpwi': QKV | {'out_proj', 'mlpwo'}}
+
+
+@pytest.mark.parametrize('policy', sorted(KEPT_NAMES))
+def test_remat_policies_keep_the_activations_their_names_say(policy, capsys):
+  config = tiny_config(family='chameleon', swin_norm=True, remat_policy=policy, num_layers=1,
+                       scan_layers=False)
+  model, params = model_and_params(config)
+  tokens = random_tokens((2, 12), 256)
+  capsys.readouterr()
+  jax.ad_checkpoint.print_saved_residuals(lambda p: model.apply({'params': p}, tokens).mean(),
+                                          params)
+  kept = set(re.findall(r"named '(\w+)'", capsys.readouterr().out))
+  assert kept == KEPT_NAMES[policy]
 
 
 def test_scan_and_unrolled_stacks_compute_the_same_function():
@@ -107,7 +131,8 @@ def test_bf16_compute_keeps_fp32_master_weights():
     (dict(num_layers=-2), 'num_layers must be a positive integer, got -2'),
     (dict(vocab_size=0), 'vocab_size must be a positive integer'),
     (dict(num_heads=4, num_kv_heads=3), 'num_kv_heads=3 must divide num_heads=4'),
-    (dict(remat_policy='sometimes'), "remat_policy='sometimes' is unknown"),
+    (dict(remat_policy='sometimes'), "remat_policy='sometimes' is unknown; choose one of"),
+    (dict(remat_policy='save_qkv_and_out_proj'), "is now called 'save_dot_except_mlpwi'"),
     (dict(dtype='float8'), "dtype='float8' is unknown"),
     (dict(init_std=-0.1), 'init_std must be > 0'),
 ])

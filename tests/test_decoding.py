@@ -166,6 +166,78 @@ def test_guidance_formulas():
                              rtol=1e-5, atol=1e-5)
 
 
+def by_stream(**logits):
+  """A toy tokens_to_logits that tells the guidance streams apart by their prompts, as a model
+  does: `uncond` for prompts starting with <mask>, `image` for those that also hold image codes,
+  `cond` for the rest. Each is a fixed [V] logit vector (the same at every step)."""
+  cond, uncond = jnp.asarray(logits['cond']), jnp.asarray(logits['uncond'])
+  image = jnp.asarray(logits.get('image', logits['uncond']))
+
+  def tokens_to_logits(state):
+    masked = (state.sequences[:, 0] == MASK)[:, None]
+    has_image = jnp.isin(state.sequences, IMAGES).any(axis=1)[:, None]
+    return jnp.where(masked, jnp.where(has_image, image, uncond), cond), state.cache
+
+  return tokens_to_logits
+
+
+def logit_vector(**values):
+  """[V] logits, 0 except `t<id>=value`."""
+  out = np.zeros(V, np.float32)
+  for name, value in values.items():
+    out[int(name[1:])] = value
+  return out
+
+
+def frequencies(tokens):
+  return np.bincount(tokens[:, 0], minlength=V) / len(tokens)
+
+
+def assert_sampled_from(tokens, probs):
+  """Each token's count within 5 binomial standard deviations of `probs`."""
+  rows = len(tokens)
+  counts = np.bincount(tokens[:, 0], minlength=V)
+  sigma = np.sqrt(rows * probs * (1 - probs))
+  assert (np.abs(counts - rows * probs) <= 5 * sigma + 1).all(), (counts, rows * probs)
+
+
+def test_cfg_moves_samples_toward_what_the_condition_favours_over_the_unconditional():
+  # The condition likes 5 and 6 equally; the unconditional stream likes 6 as much: only 5 is
+  # favoured by the condition, so s > 1 must move the samples to 5 (and away from 6).
+  rows, scale = 2000, 3.0
+  cond, uncond = logit_vector(t5=2.0, t6=2.0), logit_vector(t6=2.0)
+  toy = by_stream(cond=cond, uncond=uncond)
+  prompt = [3, BREAK]
+  config = DecodingConfig(max_new_tokens=1)
+  plain, _ = run(toy, [prompt] * rows, config)
+  guided, _ = run(toy, [prompt] * rows + [decoding.unconditional_prompt(prompt, VOCAB)] * rows,
+                  dataclasses.replace(config, guidance_scale=scale))
+  before, after = frequencies(plain), frequencies(guided)
+  assert abs(before[5] - before[6]) < 0.05  # Conditional sampling: no preference.
+  assert after[5] > 0.8 > before[5] + 0.5 and after[6] < 0.05 < before[6] - 0.05
+  assert_sampled_from(guided, softmax(uncond + scale * (cond - uncond)))
+
+
+def test_three_stream_guidance_moves_samples_toward_the_image_then_the_text():
+  # full likes 5, 6, 7; the image-conditioned stream 6 and 7; the unconditional one 7. The image
+  # scale pushes toward what the image adds (6), the text scale toward what the text adds (5).
+  rows = 2000
+  full = [[3, 4, BREAK, 30, 31, 32, 33, BREAK, 5, BREAK]]
+  prompts = full + [decoding.unconditional_prompt(full[0], VOCAB),
+                    decoding.unconditional_prompt(full[0], VOCAB, mask_images=True)]
+  f, i, u = logit_vector(t5=2, t6=2, t7=2), logit_vector(t6=2, t7=2), logit_vector(t7=2)
+  toy = by_stream(cond=f, image=i, uncond=u)
+  config = DecodingConfig(max_new_tokens=1, guidance_scale=1.0, image_guidance_scale=1.0)
+  unit, _ = run(toy, [p for p in prompts for _ in range(rows)], config)
+  image, _ = run(toy, [p for p in prompts for _ in range(rows)],
+                 dataclasses.replace(config, image_guidance_scale=3.0))
+  text, _ = run(toy, [p for p in prompts for _ in range(rows)],
+                dataclasses.replace(config, guidance_scale=3.0))
+  unit, image, text = frequencies(unit), frequencies(image), frequencies(text)
+  assert image[6] > 0.8 > unit[6] + 0.5  # s_img = 3: u + 3 (i - u) + (f - i).
+  assert text[5] > 0.8 > unit[5] + 0.5  # s_txt = 3: u + (i - u) + 3 (f - i).
+
+
 def cd_k_candidates(logits, alpha, k):
   probs = softmax(logits)
   return set(np.flatnonzero(probs >= alpha * np.sort(probs)[-k]))
@@ -208,6 +280,35 @@ def test_cd_k_with_a_uniform_amateur_is_greedy_over_the_candidate_set():
   cd_k, _ = run(toy, [[3, 4], [MASK]], config, use_cd_k=np.ones(1, bool))
   greedy, _ = run(expert, [[3, 4]], DecodingConfig(max_new_tokens=8, temperature=0))
   np.testing.assert_array_equal(cd_k, greedy)
+
+
+def cd_k_toy():
+  """Expert (conditional) logits liking 6 a little more than 5, and 7-9 less; an amateur
+  (unconditional) liking 6 a lot. With the default alpha 0.1 and K 5 the candidates are 5-9, and
+  5 is the one the expert favours most over the amateur."""
+  expert = np.full(V, -10.0, np.float32)
+  expert[[5, 6, 7, 8, 9]] = [4.0, 4.5, 2.0, 2.0, 2.0]
+  amateur = logit_vector(t6=6.0)
+  return expert, amateur, by_stream(cond=expert, uncond=amateur)
+
+
+def test_cd_k_picks_what_the_expert_favours_over_the_amateur():
+  expert, amateur, toy = cd_k_toy()
+  rows = 2000
+  prompts = [[3, BREAK]] * rows + [[MASK, BREAK]] * rows
+  config = DecodingConfig(max_new_tokens=1, cd_k_fraction=1.0)
+  assert cd_k_candidates(expert, config.cd_k_alpha, config.cd_k_k) == {5, 6, 7, 8, 9}
+  cd_k, _ = run(toy, prompts, config, use_cd_k=np.ones(rows, bool))
+  plain, _ = run(toy, prompts, config, use_cd_k=np.zeros(rows, bool))
+  cd_k, plain = frequencies(cd_k), frequencies(plain)
+  assert plain[6] > 0.5 and plain[5] < 0.4  # The expert alone prefers 6 ...
+  assert cd_k[5] > 0.6 and cd_k[6] < 0.02  # ... CD-K the token the amateur does not explain,
+  assert cd_k[[5, 6, 7, 8, 9]].sum() == 1.0  # and only candidates.
+  greedy = dataclasses.replace(config, temperature=0)
+  tokens, _ = run(toy, prompts[:1] + prompts[-1:], greedy, use_cd_k=np.ones(1, bool))
+  assert tokens[0, 0] == 5
+  tokens, _ = run(toy, prompts[:1] + prompts[-1:], greedy, use_cd_k=np.zeros(1, bool))
+  assert tokens[0, 0] == 6
 
 
 def test_mixed_batch_of_top_p_and_cd_k_rows():
@@ -361,6 +462,43 @@ def test_model_text_to_image_with_guidance_and_cd_k(tiny):
   assert (samples.tokens[:, :, N] == BREAK).all() and (samples.num_tokens == N + 1).all()
   again = decoding.generate(model, params, [[3, 4, 5, BREAK], [6, BREAK]], config, VOCAB)
   np.testing.assert_array_equal(samples.tokens, again.tokens)
+
+
+def test_model_guidance_and_cd_k_contrast_each_prompt_with_its_masked_prompt(tiny):
+  # Greedy first image code of generate() against full forward passes of each prompt and of its
+  # <mask> prompt: CFG takes the argmax of c + (s - 1)(c - u), CD-K of log p_c - log p_u over its
+  # candidates; on these prompts both differ from the conditional argmax.
+  model, params = tiny
+  forward = jax.jit(lambda tokens: model.apply({'params': params}, tokens))
+
+  def last_logits(prompt):
+    return np.asarray(forward(jnp.asarray([prompt + [0] * (16 - len(prompt))]))[0, len(prompt) - 1],
+                      np.float64)
+
+  def log_softmax(x):
+    return x - x.max() - np.log(np.exp(x - x.max()).sum())
+
+  def best(scores):  # The argmax, and that it wins by more than numerical noise.
+    top = np.sort(scores[np.isfinite(scores)])
+    assert top[-1] - top[-2] > 1e-3
+    return int(np.argmax(scores))
+
+  prompts, scale, image = [[6, BREAK], [9, 10, 11, BREAK]], 3.0, np.isin(np.arange(V), IMAGES)
+  cfg, cd_k, plain = [], [], []
+  for prompt in prompts:
+    c, u = last_logits(prompt), last_logits(decoding.unconditional_prompt(prompt, VOCAB))
+    plain.append(best(np.where(image, c, -np.inf)))
+    cfg.append(best(np.where(image, c + (scale - 1) * (c - u), -np.inf)))
+    log_c, log_u = log_softmax(np.where(image, c, -np.inf)), log_softmax(u)
+    candidates = log_c >= np.log(0.1) + np.sort(log_c)[-5]
+    cd_k.append(best(np.where(candidates, log_c - log_u, -np.inf)))
+  assert all(g != p for g, p in zip(cfg, plain)) and all(k != p for k, p in zip(cd_k, plain))
+  greedy = DecodingConfig(max_new_tokens=1, temperature=0, tokens_per_image=N)
+  first = lambda config: decoding.generate(model, params, prompts, config, VOCAB).tokens[:, 0, 0]
+  assert first(greedy).tolist() == plain
+  assert first(dataclasses.replace(greedy, guidance_scale=scale)).tolist() == cfg
+  assert first(dataclasses.replace(greedy, cd_k_fraction=1.0, cd_k_alpha=0.1,
+                                   cd_k_k=5)).tolist() == cd_k
 
 
 def test_three_stream_prompts_mask_text_then_everything():

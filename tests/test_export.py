@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-import data_helpers
-from helpers import model_and_params, tiny_config
+from helpers import model_and_params, run_tool, tiny_config
 from cm3leon_jax.decoding import generation
 from cm3leon_jax.data import objective
 from cm3leon_jax.data.store import text_vocabulary
@@ -26,11 +23,10 @@ SAMPLING = DecodingConfig(temperature=1.0, top_p=0.9, num_decodes=2, seed=3)
 
 
 @pytest.fixture(scope='module')
-def parts(tmp_path_factory):
-  root = tmp_path_factory.mktemp('export')
-  vocab = MultimodalVocabulary(text_vocabulary(data_helpers.make_text_vocabulary(root)),
-                               num_image_codes=64, num_sentinels=8)
-  return root, vocab, data_helpers.make_image_tokenizer(root)
+def parts(tmp_path_factory, shared_tokenizers):
+  text, image_tokenizer = shared_tokenizers
+  vocab = MultimodalVocabulary(text_vocabulary(text), num_image_codes=64, num_sentinels=8)
+  return tmp_path_factory.mktemp('export'), vocab, image_tokenizer
 
 
 def a_model(parts, family='cm3leon', cm3=objective.CM3Config()) -> Pretrained:
@@ -95,8 +91,8 @@ def test_transformers_opt_reads_the_exported_decoder(parts, tmp_path):
             'with torch.no_grad():\n'
             '  logits = model(torch.tensor(np.load(sys.argv[2]))).logits.numpy()\n'
             'np.save(sys.argv[3], logits)\n')
-  subprocess.run([sys.executable, '-c', script, folder, str(tmp_path / 'tokens.npy'),
-                  str(tmp_path / 'logits.npy')], check=True, timeout=300)
+  run_tool(['-c', script, folder, str(tmp_path / 'tokens.npy'), str(tmp_path / 'logits.npy')],
+           timeout=300)
   ours = model.model.apply({'params': model.params}, jnp.asarray(tokens))
   np.testing.assert_allclose(np.asarray(ours), np.load(tmp_path / 'logits.npy'), atol=1e-4)
 

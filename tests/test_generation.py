@@ -1,9 +1,10 @@
 """The generation tasks on a random tiny model: shapes, modality, guidance, and clear errors."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import data_helpers
 from helpers import model_and_params, tiny_config
 from cm3leon_jax.decoding import generation
 from cm3leon_jax.data import objective
@@ -17,13 +18,12 @@ N = 16  # The test tokenizer: 32 px -> 4 x 4 codes.
 
 
 @pytest.fixture(scope='module')
-def pretrained(tmp_path_factory):
-  root = tmp_path_factory.mktemp('generation')
-  vocab = MultimodalVocabulary(text_vocabulary(data_helpers.make_text_vocabulary(root)),
-                               num_image_codes=64, num_sentinels=8)
+def pretrained(tmp_path_factory, shared_tokenizers):
+  text, image_tokenizer = shared_tokenizers
+  vocab = MultimodalVocabulary(text_vocabulary(text), num_image_codes=64, num_sentinels=8)
   model, params = model_and_params(tiny_config(vocab_size=vocab.vocab_size, max_length=96))
-  return Pretrained(model, params, vocab, objective.CM3Config(),
-                    data_helpers.make_image_tokenizer(root), str(root))
+  return Pretrained(model, params, vocab, objective.CM3Config(), image_tokenizer,
+                    str(tmp_path_factory.mktemp('generation')))
 
 
 def test_text_to_image_gives_images_of_exactly_n_codes(pretrained):
@@ -46,19 +46,76 @@ def test_guidance_scale_one_equals_no_guidance_and_masks_with_the_training_senti
   assert unconditional_prompt(prompt, vocab, mask_id=sentinel) == [sentinel, vocab.break_id]
 
 
-def test_caption_answer_and_text_infilling_emit_text_only(pretrained):
+def test_guided_text_to_image_contrasts_the_caption_with_the_sentinel_prompt(pretrained):
+  # Greedy CFG's first code against full forward passes: the argmax over image codes of
+  # c + (s - 1)(c - u), u the logits after <sentinel:0> <break>. On these captions it differs
+  # from the conditional argmax and from what <mask> as the unconditional prompt would give.
+  vocab, model, params = pretrained.vocab, pretrained.model, pretrained.params
+  forward = jax.jit(lambda tokens: model.apply({'params': params}, tokens))
+  image = vocab.is_image(np.arange(vocab.vocab_size))
+
+  def last_logits(prompt):
+    logits = forward(jnp.asarray([list(prompt) + [0] * (32 - len(prompt))]))[0, len(prompt) - 1]
+    return np.asarray(logits, np.float64)
+
+  def best(scores):
+    scores = np.where(image, scores, -np.inf)
+    top = np.sort(scores[image])
+    return int(np.argmax(scores)), top[-1] - top[-2]
+
+  captions, scale = ['a small blue square', 'a green triangle'], 3.0
+  with_sentinel = last_logits([vocab.sentinel_id(0), vocab.break_id])
+  with_mask = last_logits([vocab.mask_id, vocab.break_id])
+  expected = []
+  for caption in captions:
+    c = last_logits(list(vocab.text_vocabulary.encode(caption)) + [vocab.break_id])
+    token, margin = best(c + (scale - 1) * (c - with_sentinel))
+    assert margin > 1e-3
+    assert token not in (best(c)[0], best(c + (scale - 1) * (c - with_mask))[0])
+    expected.append(token)
+  _, ids = generation.text_to_image(
+      pretrained, captions, DecodingConfig(temperature=0.0, guidance_scale=scale))
+  assert ids[:, 0, 0].tolist() == expected
+
+
+def test_caption_answer_and_text_infilling_emit_text_only(pretrained, monkeypatch):
   vocab = pretrained.vocab
+  generated = []  # The token ids of every generate() call the tasks make.
+  real_generate = generation.generate
+  monkeypatch.setattr(generation, 'generate', lambda *args, **kwargs: generated.append(
+      real_generate(*args, **kwargs)) or generated[-1])
+
+  def check_ids(ids, texts=None):
+    """No image code anywhere; a returned text is exactly the sample's ids decoded, up to its
+    first non-text id; and there is text to check (the random model does emit text ids)."""
+    ids = np.asarray(ids).reshape(-1, ids.shape[-1])
+    assert ids.size and not vocab.is_image(ids).any(), ids
+    text_ids = [sample[:(list(sample >= vocab.num_text) + [True]).index(True)] for sample in ids]
+    assert sum(map(len, text_ids)) >= ids.size // 4, ids
+    if texts is not None:
+      assert texts == [vocab.text_vocabulary.decode(t.tolist()) for t in text_ids]
+
   image = vocab.image_ids(np.arange(N).reshape(1, N) % 64)
   greedy = DecodingConfig(temperature=0.0)
   captions = generation.caption(pretrained, np.concatenate([image, image]), greedy, 8)
-  assert len(captions) == 2 and captions[0] == captions[1] and isinstance(captions[0][0], str)
+  assert len(captions) == 2 and captions[0] == captions[1]
+  check_ids(generated[-1].tokens, [c for row in captions for c in row])
+  # Sampling from the random model would pick an image code for about a quarter of its tokens.
+  sampled = DecodingConfig(temperature=1.0, num_decodes=8, seed=1)
+  captions = generation.caption(pretrained, image, sampled, 8)
+  assert len(captions) == 1 and len(captions[0]) == 8
+  check_ids(generated[-1].tokens, captions[0])
   answers = generation.answer(pretrained, image, ['what colour is it?'], greedy, 6)
-  assert len(answers) == 1 and isinstance(answers[0][0], str)
+  assert len(answers) == 1
+  check_ids(generated[-1].tokens, answers[0])
   document = np.concatenate([vocab.text_vocabulary.encode('a red circle'), [vocab.break_id],
                              image[0]])
   text_span = (0, len(document) - N - 1)
-  filled = generation.infill(pretrained, document, text_span, greedy, max_text_tokens=8)
-  assert not vocab.is_image(filled).any()
+  filled = generation.infill(pretrained, document, text_span, sampled, max_text_tokens=8)
+  assert filled.shape == (8, 8)
+  np.testing.assert_array_equal(filled, generated[-1].tokens[0])
+  check_ids(filled)
+  assert len(generated) == 4
 
 
 def test_image_infilling_gives_n_codes(pretrained):

@@ -1,4 +1,4 @@
-"""Initialisation statistics of the cm3leon family match SPEC.md section 2."""
+"""Initialisation statistics of the cm3leon family match CM3Leon (arXiv 2309.02591) section 2.3."""
 
 import numpy as np
 import pytest

@@ -2,12 +2,10 @@
 train step load without TensorFlow or seqio."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import import_graph
-from helpers import ROOT
+from helpers import ROOT, run_tool
 
 PACKAGES = ('cm3leon_jax', 'tasks')
 
@@ -58,6 +56,5 @@ def test_models_and_the_train_step_import_without_tensorflow_or_seqio():
           'import cm3leon_jax.models.decoder, cm3leon_jax.training.state, '
           'cm3leon_jax.training.optimizer, cm3leon_jax.partitioning\n'
           'print(sorted(m for m in ("tensorflow", "seqio", "apache_beam") if m in sys.modules))\n')
-  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
-                          env=dict(os.environ, JAX_PLATFORMS='cpu'), cwd=ROOT)
+  result = run_tool(['-c', code], env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert result.stdout.strip() == '[]', result.stdout + result.stderr

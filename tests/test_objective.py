@@ -244,7 +244,7 @@ def test_whole_text_rate_masks_captions_whole_at_that_rate_and_zero_is_the_defau
     return np.mean([any(span in text_segments(x) for span in rearrange(x, rng, IDS, config).spans)
                     for x in examples[:3000]])
 
-  assert whole_caption_share(CM3Config()) < 0.01  # SPEC's law: long captions, rarely whole.
+  assert whole_caption_share(CM3Config()) < 0.01  # The papers' law: long captions, rarely whole.
   assert abs(whole_caption_share(CM3Config(whole_text_rate=0.3)) - 0.3) < 0.03
   default, zero = (rearrange(examples[0], np.random.default_rng(4), IDS, config)
                    for config in (CM3Config(), CM3Config(whole_text_rate=0.0)))

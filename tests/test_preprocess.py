@@ -18,10 +18,8 @@ from cm3leon_jax.tokenizers.image import ImageTokenizer
 
 
 @pytest.fixture(scope='module')
-def tokenizers(tmp_path_factory):
-  directory = tmp_path_factory.mktemp('tokenizers')
-  return (data_helpers.make_text_vocabulary(directory),
-          data_helpers.make_image_tokenizer(directory))
+def tokenizers(shared_tokenizers):
+  return shared_tokenizers
 
 
 def _run(source, directory, tokenizers, **overrides):

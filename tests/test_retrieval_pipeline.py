@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import data_helpers
-from data_helpers import batches, decoded_documents, run_tool
+from data_helpers import batches, decoded_documents
+from helpers import run_tool
 from cm3leon_jax.data import preprocess
 from cm3leon_jax.data.assembly import TokenLayout
 from cm3leon_jax.data.sources import SyntheticSource
@@ -39,12 +40,11 @@ def tiny_clip(directory) -> str:
 
 
 @pytest.fixture(scope='module')
-def built(tmp_path_factory):
+def built(tmp_path_factory, shared_tokenizers):
   """Stores (train 120, validation 30) preprocessed with a CLIP, the train index, and both
   splits retrieved with one worker."""
   root = tmp_path_factory.mktemp('retrieval')
-  vocabulary = data_helpers.make_text_vocabulary(root)
-  tokenizer = data_helpers.make_image_tokenizer(root)
+  vocabulary, tokenizer = shared_tokenizers
   clip = tiny_clip(root / 'clip')
   for split, count in (('train', 120), ('validation', 30)):
     config = data_helpers.preprocess_config(root / 'store' / split, vocabulary, tokenizer,
@@ -68,6 +68,7 @@ def test_every_document_gets_k_valid_neighbours_with_their_tokens(built):
   for split in ('train', 'validation'):
     retrieved = documents(built['root'], 'retrieved', split)
     originals = documents(built['root'], 'store', split)
+    assert len(originals) == {'train': 120, 'validation': 30}[split]
     assert [d.id for d in retrieved] == [d.id for d in originals]
     for doc in retrieved:
       assert len(doc.neighbour_ids) == 2 and len(set(doc.neighbour_ids)) == 2
@@ -107,10 +108,15 @@ def test_tools_with_two_workers_give_the_same_neighbours(built, tmp_path):
   one = documents(built['root'], 'retrieved', 'train')
   two = list(DocumentStore(str(tmp_path / 'train')).documents())
   assert [(d.id, d.neighbour_ids) for d in one] == [(d.id, d.neighbour_ids) for d in two]
-  for name in os.listdir(tmp_path / 'train'):
-    if name.startswith('documents-'):  # The shards are byte-identical too.
-      assert (tmp_path / 'train' / name).read_bytes() == (
-          built['root'] / 'retrieved' / 'train' / name).read_bytes()
+  # The shards are byte-identical too: as many as the input store has (preprocess_config's 2).
+  num_shards = len(DocumentStore(store).manifest['shards'])
+  shards = [f'documents-{i:05d}-of-{num_shards:05d}.tfrecord' for i in range(num_shards)]
+  assert num_shards == 2
+  for directory in (tmp_path / 'train', built['root'] / 'retrieved' / 'train'):
+    assert sorted(n for n in os.listdir(directory) if n.endswith('.tfrecord')) == shards
+  for name in shards:
+    assert (tmp_path / 'train' / name).read_bytes() == (
+        built['root'] / 'retrieved' / 'train' / name).read_bytes()
   ids_one = json.loads(open(os.path.join(built['index'], 'ids.json')).read())
   assert ids_one == json.loads((tmp_path / 'index' / 'ids.json').read_text())
 

@@ -1,4 +1,4 @@
-"""Selection rules of retrieved documents and query dropout (SPEC section 4)."""
+"""Selection rules of retrieved documents and query dropout (RA-CM3, arXiv 2211.12561, sec. 3)."""
 
 import numpy as np
 import pytest

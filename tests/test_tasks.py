@@ -10,7 +10,8 @@ import seqio
 import tensorflow_datasets as tfds
 
 import data_helpers
-from data_helpers import LENGTH, ROOT, batches, decoded_documents, examples_of, run_tool, stored
+from data_helpers import LENGTH, batches, decoded_documents, examples_of, stored
+from helpers import ROOT, run_tool
 from cm3leon_jax.data import preprocess
 from cm3leon_jax.data.sources import CocoCaptionsSource, SyntheticSource
 from cm3leon_jax.data.store import DocumentStore, write_shard
@@ -19,20 +20,14 @@ import tasks
 
 
 @pytest.fixture(scope='module')
-def tokenizers(tmp_path_factory):
-  directory = tmp_path_factory.mktemp('tokenizers')
-  return (data_helpers.make_text_vocabulary(directory),
-          data_helpers.make_image_tokenizer(directory))
+def tokenizers(shared_tokenizers):
+  return shared_tokenizers
 
 
 @pytest.fixture(scope='module')
-def synthetic_store(tmp_path_factory, tokenizers):
-  """<store>/train (60 documents) and <store>/validation (20)."""
-  store_dir = tmp_path_factory.mktemp('store') / 'synthetic'
-  for split, count in (('train', 60), ('validation', 20)):
-    config = data_helpers.preprocess_config(store_dir / split, *tokenizers)
-    preprocess.run(SyntheticSource(count, split), config)
-  return str(store_dir)
+def synthetic_store(synthetic_data_dir):
+  """<store>/train (80 documents) and <store>/validation (20), shared with other tests."""
+  return os.path.join(synthetic_data_dir, 'synthetic')
 
 
 def test_batches_decode_back_to_every_stored_document(synthetic_store):
@@ -117,6 +112,9 @@ def test_preprocess_tool_on_2000_pairs_same_store_with_two_workers(tmp_path, tok
                       '--direct_running_mode=multi_processing'])
   one, two = tmp_path / 'one' / 'train', tmp_path / 'two' / 'train'
   assert sorted(os.listdir(one)) == sorted(os.listdir(two))
+  # The tool's default 4 shards (the store layout's names), and all else it writes, byte for byte.
+  assert sorted(n for n in os.listdir(one) if n.endswith('.tfrecord')) == [
+      f'documents-{i:05d}-of-00004.tfrecord' for i in range(4)]
   for name in os.listdir(one):
     assert (one / name).read_bytes() == (two / name).read_bytes(), name
   assert DocumentStore(str(one)).num_documents == 2000

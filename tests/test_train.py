@@ -2,7 +2,9 @@
 
 import json
 import os
+import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,18 +16,15 @@ import numpy as np
 from PIL import Image
 import pytest
 
-import data_helpers
-from data_helpers import run_tool
+from helpers import ROOT, run_tool
 from cm3leon_jax import gin_utils
 from cm3leon_jax.training import checkpoints
 from cm3leon_jax import train as train_lib
-from cm3leon_jax.data import input_pipeline, preprocess
+from cm3leon_jax.data import input_pipeline
 from cm3leon_jax.decoding.pretrained import Pretrained
-from cm3leon_jax.data.sources import SyntheticSource
 from cm3leon_jax.training.metrics import read_metrics
+import shared_data
 import tasks
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TRAIN_GIN = """
 from __gin__ import dynamic_registration
@@ -61,15 +60,10 @@ config.DecoderConfig:
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
+def data_dir(synthetic_data_dir):
   """$CM3LEON_DATA_DIR with a small synthetic store (train 80, validation 20)."""
-  root = tmp_path_factory.mktemp('data')
-  tokenizers = (data_helpers.make_text_vocabulary(root), data_helpers.make_image_tokenizer(root))
-  for split, count in (('train', 80), ('validation', 20)):
-    config = data_helpers.preprocess_config(root / 'synthetic' / split, *tokenizers)
-    preprocess.run(SyntheticSource(count, split), config)
-  tasks.register_standard_tasks(str(root))
-  return str(root)
+  tasks.register_standard_tasks(synthetic_data_dir)
+  return synthetic_data_dir
 
 
 @pytest.fixture(scope='module')
@@ -84,13 +78,32 @@ def run_in_process(gin_file, model_dir, *bindings):
   return train_lib.train(str(model_dir))
 
 
+@pytest.fixture(scope='module')
+def trained_run(tmp_path_factory, data_dir, gin_file):
+  """A 20-step run of TRAIN_GIN (checkpoints 10, 15, 20) and its final validation metrics,
+  trained once per test run; tests that change a run work on a copy."""
+  def build(folder):
+    final = run_in_process(gin_file, folder)
+    with open(os.path.join(folder, 'final.json'), 'w') as f:
+      json.dump(final, f)
+
+  folder = shared_data.cached_folder(tmp_path_factory, 'trained_run', build)
+  with open(os.path.join(folder, 'final.json')) as f:
+    return pathlib.Path(folder), json.load(f)
+
+
+def copy_of(run, destination):
+  shutil.copytree(run, destination, ignore=shutil.ignore_patterns('final.json', '.complete'))
+  return destination
+
+
 def losses(model_dir, split='train'):
   records = read_metrics(os.path.join(model_dir, 'metrics.jsonl'))
   return np.array([r['loss'] for r in records if r['split'] == split])
 
 
-def test_a_run_writes_metrics_checkpoints_and_its_gin_config(data_dir, gin_file, tmp_path):
-  final = run_in_process(gin_file, tmp_path)
+def test_a_run_writes_metrics_checkpoints_and_its_gin_config(trained_run):
+  tmp_path, final = trained_run
   records = read_metrics(os.path.join(tmp_path, 'metrics.jsonl'))
   train = [r for r in records if r['split'] == 'train']
   assert [r['step'] for r in train] == list(range(1, 21))
@@ -106,9 +119,9 @@ def test_a_run_writes_metrics_checkpoints_and_its_gin_config(data_dir, gin_file,
 
 
 def test_sample_grids_and_a_loadable_model_folder(data_dir, gin_file, tmp_path):
-  run_in_process(gin_file, tmp_path, 'train.train.train_steps=10',
+  run_in_process(gin_file, tmp_path, 'train.train.train_steps=5', 'train.train.eval_every=5',
                  'train.train.sample_images=3')
-  with Image.open(tmp_path / 'images' / 'samples_000010.png') as grid:
+  with Image.open(tmp_path / 'images' / 'samples_000005.png') as grid:
     assert grid.size == (2 * 34 + 2, 2 * 34 + 2)  # Three 32-px images in 2 x 2 cells.
   # model.json, the vocabulary copy and the checkpoint (in the stored, scanned layout).
   loaded = Pretrained.load(str(tmp_path), unroll_layers=False)
@@ -122,17 +135,19 @@ def test_sample_grids_and_a_loadable_model_folder(data_dir, gin_file, tmp_path):
 
 
 def test_sharded_run_gives_the_single_device_loss_curve(data_dir, gin_file, tmp_path):
+  short = ['train.train.train_steps = 10', 'train.train.checkpoint_every = 100',
+           'train.train.eval_every = 100']
   run_in_process(gin_file, tmp_path / 'one', 'train.train.num_devices = 1',
-                 'partitioning.MeshConfig.fsdp = 1')
+                 'partitioning.MeshConfig.fsdp = 1', *short)
   run_in_process(gin_file, tmp_path / 'eight', 'partitioning.MeshConfig.data = 2',
-                 'partitioning.MeshConfig.fsdp = 2', 'partitioning.MeshConfig.tensor = 2')
+                 'partitioning.MeshConfig.fsdp = 2', 'partitioning.MeshConfig.tensor = 2', *short)
   one, eight = losses(tmp_path / 'one'), losses(tmp_path / 'eight')
-  assert len(one) == 20
+  assert len(one) == 10
   np.testing.assert_allclose(eight, one, rtol=1e-5)
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(data_dir, gin_file, tmp_path):
-  run_in_process(gin_file, tmp_path)
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(trained_run, gin_file, tmp_path):
+  tmp_path = copy_of(trained_run[0], tmp_path / 'run')
   for path, _, files in os.walk(tmp_path / 'checkpoints' / '20' / 'state'):
     for name in files:
       with open(os.path.join(path, name), 'wb') as f:
@@ -144,12 +159,12 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(data_dir, gin_
   assert steps == list(range(1, 22))  # Steps 16-20 were trained again from checkpoint 15.
 
 
-def test_fine_tuning_starts_from_another_runs_parameters(data_dir, gin_file, tmp_path):
-  run_in_process(gin_file, tmp_path / 'base')
+def test_fine_tuning_starts_from_another_runs_parameters(trained_run, gin_file, tmp_path):
+  base = trained_run[0]
   run_in_process(gin_file, tmp_path / 'tuned', 'train.train.train_steps = 2',
-                 f"train.train.initial_checkpoint_path = '{tmp_path / 'base'}'")
-  fresh_first = losses(tmp_path / 'base')[0]
-  base_last, tuned_first = losses(tmp_path / 'base')[-1], losses(tmp_path / 'tuned')[0]
+                 f"train.train.initial_checkpoint_path = '{base}'")
+  fresh_first = losses(base)[0]
+  base_last, tuned_first = losses(base)[-1], losses(tmp_path / 'tuned')[0]
   assert abs(tuned_first - base_last) < 0.5 * abs(fresh_first - base_last)
 
 
@@ -169,9 +184,9 @@ def test_bad_runs_fail_before_any_work_with_one_clear_message(data_dir, gin_file
     assert not (model_dir / 'checkpoints').exists()
 
 
-def test_a_checkpoint_of_another_model_shape_names_the_parameter(data_dir, gin_file, tmp_path):
-  run_in_process(gin_file, tmp_path / 'small', 'train.train.train_steps = 5')
-  wider = ['config.DecoderConfig.embed_dim = 64', 'train.train.train_steps = 5']
+def test_a_checkpoint_of_another_model_shape_names_the_parameter(trained_run, gin_file, tmp_path):
+  copy_of(trained_run[0], tmp_path / 'small')
+  wider = ['config.DecoderConfig.embed_dim = 64', 'train.train.train_steps = 25']
   message = r'parameter embed/position is \(64, 32\) there but \(64, 64\) in this config'
   with pytest.raises(checkpoints.CheckpointShapeError, match=message):  # Resuming it.
     run_in_process(gin_file, tmp_path / 'small', *wider)
@@ -181,16 +196,35 @@ def test_a_checkpoint_of_another_model_shape_names_the_parameter(data_dir, gin_f
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
-    data_dir, gin_file, tmp_path):
+    trained_run, gin_file, tmp_path):
+  # The 20-step run (checkpoints 10, 15, 20) resumed at a learning rate of 1e30: step 21 still
+  # starts from checkpoint 20's finite parameters, whose update then blows them up, so the loss
+  # turns non-finite after checkpoint 20 and before checkpoint 25 would be written.
+  run = copy_of(trained_run[0], tmp_path / 'run')
+  good = _final_params(run, 20)
+  assert good and all(np.isfinite(p).all() for p in good)
   with pytest.raises(train_lib.NonFiniteLossError, match=r'Step (\d+): .*not finite') as error:
-    run_in_process(gin_file, tmp_path, 'optimizer.OptimizerConfig.peak_learning_rate = 1e30',
-                   'optimizer.OptimizerConfig.clip_norm = 0.0',
-                   'optimizer.OptimizerConfig.warmup_steps = 0')
+    run_in_process(gin_file, run, 'train.train.train_steps = 30',
+                   'optimizer.OptimizerConfig.peak_learning_rate = 1e30')
   failed_at = int(re.search(r'Step (\d+)', str(error.value)).group(1))
-  saved = checkpoints.Checkpointer(str(tmp_path), 5).all_steps()
-  assert all(step < failed_at for step in saved)
-  if saved:
-    assert all(np.isfinite(p).all() for p in _final_params(tmp_path, saved[-1]))
+  assert 20 < failed_at < 25
+  # It stopped at the first non-finite step: every step before it logged, all finite.
+  train = [r for r in read_metrics(os.path.join(run, 'metrics.jsonl')) if r['split'] == 'train']
+  assert [r['step'] for r in train] == list(range(1, failed_at))
+  assert np.isfinite([r['loss'] for r in train]).all()
+  # Checkpoint 20 is kept, bit for bit, and nothing later was saved.
+  assert checkpoints.Checkpointer(str(run), 5).all_steps() == [10, 15, 20]
+  kept = _final_params(run, 20)
+  assert len(kept) == len(good)
+  for before, after in zip(good, kept):
+    np.testing.assert_array_equal(before, after)
+  # A rerun at the usual rate resumes from it: step 21 sees checkpoint 20's parameters and data
+  # position again, so it gets the same loss as step 21 of the failed run.
+  step_21 = train[20]['loss']
+  run_in_process(gin_file, run, 'train.train.train_steps = 21')
+  rerun = [r for r in read_metrics(os.path.join(run, 'metrics.jsonl')) if r['split'] == 'train']
+  assert [r['step'] for r in rerun] == list(range(1, 22))
+  np.testing.assert_allclose(rerun[-1]['loss'], step_21, rtol=1e-6)
 
 
 def _command(gin_file, model_dir, *bindings):
@@ -231,21 +265,30 @@ def _kill_at_step(command, env, model_dir, step):
   process.wait()
 
 
+@pytest.fixture(scope='module')
+def whole_subprocess_run(tmp_path_factory, data_dir, gin_file):
+  """The uninterrupted 20-step run of the trainer's command line, once per test run."""
+  def build(folder):
+    subprocess.run(_command(gin_file, folder), cwd=ROOT, env=_env(data_dir), check=True,
+                   capture_output=True)
+
+  return shared_data.cached_folder(tmp_path_factory, 'whole_subprocess_run', build)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('kill_step', [7, 13])
 def test_kill_9_then_rerun_gives_the_uninterrupted_parameters_bit_for_bit(
-    data_dir, gin_file, tmp_path, kill_step):
+    data_dir, gin_file, whole_subprocess_run, tmp_path, kill_step):
   env = _env(data_dir)
-  subprocess.run(_command(gin_file, tmp_path / 'whole'), cwd=ROOT, env=env, check=True,
-                 capture_output=True)
   command = _command(gin_file, tmp_path / 'killed')
   _kill_at_step(command, env, str(tmp_path / 'killed'), kill_step)
   steps_before = [r['step'] for r in read_metrics(str(tmp_path / 'killed' / 'metrics.jsonl'))]
   assert max(steps_before) < 20  # It really was interrupted.
   subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
-  for whole, resumed in zip(_final_params(tmp_path / 'whole'),
-                            _final_params(tmp_path / 'killed')):
-    np.testing.assert_array_equal(whole, resumed)
+  whole, resumed = _final_params(whole_subprocess_run), _final_params(tmp_path / 'killed')
+  assert len(whole) == len(resumed) > 0
+  for expected, got in zip(whole, resumed):
+    np.testing.assert_array_equal(expected, got)
 
 
 def _free_port():
@@ -257,15 +300,17 @@ def _free_port():
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_loss_curve(data_dir, gin_file, tmp_path):
   port = _free_port()
+  short = ['train.train.train_steps = 10', 'train.train.checkpoint_every = 100']
   processes = [subprocess.Popen(
-      _command(gin_file, tmp_path / 'two') + [f'--coordinator_address=localhost:{port}',
+      _command(gin_file, tmp_path / 'two', *short) + [f'--coordinator_address=localhost:{port}',
                                               '--num_processes=2', f'--process_id={i}'],
       cwd=ROOT, env=_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
   outputs = [p.communicate(timeout=900)[0] for p in processes]
   assert all(p.returncode == 0 for p in processes), outputs[0][-3000:] + outputs[1][-3000:]
-  subprocess.run(_command(gin_file, tmp_path / 'one', 'train.train.data_shards = 2'), cwd=ROOT,
-                 env=_env(data_dir, devices=2), check=True, capture_output=True)
+  subprocess.run(_command(gin_file, tmp_path / 'one', 'train.train.data_shards = 2', *short),
+                 cwd=ROOT, env=_env(data_dir, devices=2), check=True, capture_output=True)
+  assert len(losses(tmp_path / 'one')) == 10
   np.testing.assert_allclose(losses(tmp_path / 'two'), losses(tmp_path / 'one'), rtol=1e-5)
   assert json.loads(outputs[0].strip().splitlines()[-1])['validation']['loss'] > 0
 
@@ -291,16 +336,16 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, gin_file, tmp_pa
 def test_quickstart_main_job_end_to_end_on_tiny_settings(tmp_path):
   result = subprocess.run(
       [sys.executable, 'tools/quickstart.py', f'--workdir={tmp_path}', '--train_documents=300',
-       '--validation_documents=200', '--tokenizer_steps=10', '--clip_steps=10',
+       '--validation_documents=100', '--tokenizer_steps=10', '--clip_steps=10',
        '--baseline_batches=10', '--judged_examples=8',
-       '--gin_bindings=TRAIN_STEPS=30', '--gin_bindings=train.train.log_every=10'],
+       '--gin_bindings=TRAIN_STEPS=20', '--gin_bindings=train.train.log_every=10'],
       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
       timeout=1200)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads((tmp_path / 'report.json').read_text())
-  assert report['validation_step'] == 30
+  assert report['validation_step'] == 20
   assert sum(report['documents_by_neighbour_count']['train'].values()) == 300
-  # 30 steps on a 10-step tokenizer's codes: better than uniform guessing over the 1,536 ids (the
+  # 20 steps on a 10-step tokenizer's codes: better than uniform guessing over the 1,536 ids (the
   # full quickstart's comparison with the unigram baseline is in the README).
   assert report['validation_loss'] < np.log(1536)
   assert np.isfinite(report['unigram_baseline'])
@@ -316,8 +361,8 @@ def test_quickstart_main_job_end_to_end_on_tiny_settings(tmp_path):
   settings = json.loads((tmp_path / 'grid.json').read_text())
   assert settings['prompts'] == ['a red circle', 'a small blue square']
   assert settings['decoding']['guidance_scale'] == 3.0
-  with Image.open(grid) as image:  # 2 x 2 cells of 32 px with 2-px borders.
-    assert image.size == (2 * 34 + 2, 2 * 34 + 2)
+  with Image.open(grid) as image:  # 2 x 2 cells: 32 px scaled 4x to 128, with 2-px borders.
+    assert image.size == (2 * 130 + 2, 2 * 130 + 2)
     pixels = np.asarray(image)
   # The exported folder samples the same grid (float32 export: the same parameters).
   exported = tmp_path / 'exported'

@@ -132,17 +132,25 @@ def test_plot_loss_curve_draws_train_validation_and_baseline(tmp_path):
   assert training_metrics.BASELINE_COLOR in colors
 
 
-@pytest.mark.parametrize('records', [
-    [{'split': 'train', 'step': 7, 'loss': 2.0}],
-    [{'split': 'train', 'step': 1, 'loss': float('nan')}],
-    [],
+def _pixels_of(path, color) -> int:
+  with Image.open(path) as image:
+    return int((np.asarray(image.convert('RGB')) == color).all(axis=-1).sum())
+
+
+@pytest.mark.parametrize('records, has_point', [
+    ([{'split': 'train', 'step': 7, 'loss': 2.0}], True),
+    ([{'split': 'train', 'step': 1, 'loss': float('nan')}], False),
+    ([], False),
 ])
-def test_plot_loss_curve_handles_degenerate_inputs(tmp_path, records):
+def test_plot_loss_curve_handles_degenerate_inputs(tmp_path, records, has_point):
   path = plot_loss_curve(records, str(tmp_path / 'loss.png'))
-  colors = _colors(path)
-  assert len(colors) > 1
-  if records and math.isfinite(records[0]['loss']):
-    assert training_metrics.SERIES_COLORS[0] in colors
+  assert len(_colors(path)) > 1
+  # The train colour is in the legend either way; a finite point adds its marker.
+  legend_only = plot_loss_curve([], str(tmp_path / 'empty.png'))
+  color = training_metrics.SERIES_COLORS[0]
+  assert _pixels_of(legend_only, color) > 0
+  added = _pixels_of(path, color) - _pixels_of(legend_only, color)
+  assert added >= 0 and (added >= 20) == has_point, added
 
 
 def test_image_grid_tiles_with_border():

@@ -1,9 +1,5 @@
 """The multimodal vocabulary: stable layout, exact document round trips, seqio compatibility."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import seqio
@@ -13,16 +9,14 @@ from tokenizers import models, pre_tokenizers, trainers, decoders
 
 from cm3leon_jax.tokenizers.text import TokenizersVocabulary
 from cm3leon_jax.tokenizers.multimodal import Image, MultimodalVocabulary, Special, Text
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import run_tool
 
 
 @pytest.fixture(scope='module')
 def sentencepiece_path(tmp_path_factory):
   output = str(tmp_path_factory.mktemp('spm') / 'captions.model')
-  subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'train_text_tokenizer.py'),
-                  f'--output={output}', '--num_examples=2000', '--vocab_size=100'],
-                 check=True, capture_output=True, cwd=ROOT)
+  run_tool(['tools/train_text_tokenizer.py', f'--output={output}', '--num_examples=2000',
+            '--vocab_size=100'])
   return output
 
 

@@ -1,16 +1,11 @@
 """tools/aot_compile.py compiles the real train step for a TPU slice on this CPU host."""
 
-import importlib.util
 import os
 import re
 
-import pytest
 
 from helpers import run_tool
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
-                                reason='libtpu is not installed (requirements.txt pins it): no '
-                                'TPU compiler to compile for a topology')
 
 
 def aot_compile(*args):

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cm3leon_jax.training import metrics as training_metrics
+from cm3leon_jax.training import metrics
 from cm3leon_jax.training.metrics import (MetricsLogger, image_grid, plot_loss_curve,
                                           read_metrics)
 
@@ -100,7 +100,7 @@ def test_console_progress_line_has_step_loss_and_eta(tmp_path, capsys):
 
 def test_eta_uses_mean_step_time_since_first_write(tmp_path, monkeypatch):
   clock = iter([100.0, 110.0])  # First write at t=100, ETA asked at t=110.
-  monkeypatch.setattr(training_metrics.time, 'monotonic', lambda: next(clock))
+  monkeypatch.setattr(metrics.time, 'monotonic', lambda: next(clock))
   logger = MetricsLogger(str(tmp_path), total_steps=100, is_primary=False)
   logger.write(10, {'loss': 1.0})
   assert logger.eta_seconds(20) == pytest.approx(80.0)  # 1 s/step, 80 steps to go.
@@ -109,7 +109,7 @@ def test_eta_uses_mean_step_time_since_first_write(tmp_path, monkeypatch):
 @pytest.mark.parametrize('seconds, text', [(45, '45s'), (177, '2m57s'), (3 * 3600 + 301, '3h05m'),
                                            (2 * 86400 + 4 * 3600, '2d04h')])
 def test_format_duration(seconds, text):
-  assert training_metrics.format_duration(seconds) == text
+  assert metrics.format_duration(seconds) == text
 
 
 def _colors(path):
@@ -127,9 +127,9 @@ def test_plot_loss_curve_draws_train_validation_and_baseline(tmp_path):
   assert path == str(tmp_path / 'plots' / 'loss.png')
   colors = _colors(path)
   assert len(colors) > 2
-  assert training_metrics.SERIES_COLORS[0] in colors  # Train line.
-  assert training_metrics.SERIES_COLORS[1] in colors  # Validation line.
-  assert training_metrics.BASELINE_COLOR in colors
+  assert metrics.SERIES_COLORS[0] in colors  # Train line.
+  assert metrics.SERIES_COLORS[1] in colors  # Validation line.
+  assert metrics.BASELINE_COLOR in colors
 
 
 def _pixels_of(path, color) -> int:
@@ -147,7 +147,7 @@ def test_plot_loss_curve_handles_degenerate_inputs(tmp_path, records, has_point)
   assert len(_colors(path)) > 1
   # The train colour is in the legend either way; a finite point adds its marker.
   legend_only = plot_loss_curve([], str(tmp_path / 'empty.png'))
-  color = training_metrics.SERIES_COLORS[0]
+  color = metrics.SERIES_COLORS[0]
   assert _pixels_of(legend_only, color) > 0
   added = _pixels_of(path, color) - _pixels_of(legend_only, color)
   assert added >= 0 and (added >= 20) == has_point, added

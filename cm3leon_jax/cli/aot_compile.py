@@ -46,7 +46,7 @@ from jax.experimental import topologies  # noqa: E402
 
 from cm3leon_jax import cli
 from cm3leon_jax import flops, gin_utils, partitioning  # noqa: E402
-from cm3leon_jax.training import state as train_state
+from cm3leon_jax.training import state as state_lib
 from cm3leon_jax.training import optimizer as optimizer_lib  # noqa: E402
 from cm3leon_jax.models.decoder import Decoder  # noqa: E402
 
@@ -204,14 +204,14 @@ def compile_step(model: Decoder, optimizer_config: optimizer_lib.OptimizerConfig
   optimizer = optimizer_lib.make_optimizer(optimizer_config, settings.train_steps)
   schedule = optimizer_lib.learning_rate_schedule(optimizer_config, settings.train_steps)
   mesh = partitioning.make_mesh(settings.mesh, devices)
-  abstract, shardings = train_state.abstract_train_state(model, optimizer, mesh)
-  state = train_state.with_shardings(abstract, shardings)
+  abstract, shardings = state_lib.abstract_train_state(model, optimizer, mesh)
+  state = state_lib.with_shardings(abstract, shardings)
   batch_spec = jax.ShapeDtypeStruct((settings.batch_size, settings.seq_len), jnp.int32,
-                                    sharding=train_state.batch_sharding(mesh))
-  batch = {k: batch_spec for k in train_state.BATCH_FEATURES}
-  step = train_state.make_train_step(model, optimizer, schedule,
-                                     train_state.StepConfig(microbatches=settings.microbatches))
-  lowered = train_state.jit_train_step(step, mesh, shardings).lower(state, batch)
+                                    sharding=state_lib.batch_sharding(mesh))
+  batch = {k: batch_spec for k in state_lib.BATCH_FEATURES}
+  step = state_lib.make_train_step(model, optimizer, schedule,
+                                     state_lib.StepConfig(microbatches=settings.microbatches))
+  lowered = state_lib.jit_train_step(step, mesh, shardings).lower(state, batch)
   with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
     jaxpr = jax.make_jaxpr(step)(state, batch).jaxpr
   return lowered.compile(), matmul_flops(jaxpr), tuple(mesh.shape.values())

@@ -5,7 +5,7 @@ r"""Export a training run (or an exported model) as one self-contained folder.
 
 The folder holds the decoder in transformers' layout (config.json + model.safetensors: OPT for the
 'cm3leon' family, Chameleon for 'chameleon'), model.json, the text vocabulary and the image
-tokenizer (see cm3leon_jax/export.py). tools/generate.py and tools/caption.py take it as
+tokenizer (see cm3leon_jax/decoding/export.py). tools/generate.py and tools/caption.py take it as
 --checkpoint; transformers' OPTForCausalLM / ChameleonForConditionalGeneration.from_pretrained
 load its decoder. The newest checkpoint's parameters are exported, never the optimizer state.
 """

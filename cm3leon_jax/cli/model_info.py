@@ -6,7 +6,7 @@ Builds the model abstractly (no weight is allocated), so it answers for 34B on a
 
 The mesh is abstract too: its axes need not match any device here. Per-device memory counts the
 parameters and, for training, AdamW's two moments (float32) beside them; activations and temporaries
-come from the AOT compile tool once the trainer exists.
+come from the AOT compile tool (tools/aot_compile.py).
 """
 
 import math

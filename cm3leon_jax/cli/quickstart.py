@@ -207,10 +207,10 @@ def sample_and_judge(workdir: str, model_dir: str) -> dict:
 def report(workdir: str, model_dir: str, baseline: float, seconds: float,
            retrieved_dir: str, judged: dict) -> dict:
   from cm3leon_jax.data.store import DocumentStore  # pylint: disable=g-import-not-at-top
-  from cm3leon_jax.training import metrics as training_metrics  # pylint: disable=g-import-not-at-top
-  records = training_metrics.read_metrics(os.path.join(model_dir, 'metrics.jsonl'))
+  from cm3leon_jax.training import metrics  # pylint: disable=g-import-not-at-top
+  records = metrics.read_metrics(os.path.join(model_dir, 'metrics.jsonl'))
   validation = [r for r in records if r['split'] == 'validation']
-  curve = training_metrics.plot_loss_curve(
+  curve = metrics.plot_loss_curve(
       records, os.path.join(workdir, 'loss_curve.png'), baseline=baseline,
       title='quickstart: tiny CM3Leon on synthetic data', baseline_label='unigram baseline')
   summary = {'validation_loss': validation[-1]['loss'], 'validation_step': validation[-1]['step'],

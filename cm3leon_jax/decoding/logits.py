@@ -1,4 +1,4 @@
-"""Logit processors of the decoding loop (``decoding.py``): guidance, image spans, token choice.
+"""Logit processors of the decoding loop (``decoding/loop.py``): guidance, image spans, token choice.
 
 Every function works on one decoding step of a whole batch, [rows, vocab] float32 logits, so the
 loop stays one jitted ``lax.while_loop``. Disallowed tokens get -inf.

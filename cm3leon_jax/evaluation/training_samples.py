@@ -1,8 +1,8 @@
 """Images drawn from validation captions while training: a grid for TensorBoard and PNG.
 
 The captions are the first documents of the task's evaluation split; the image tokenizer is the
-one its store names. Sampling uses the paper's setting (top-p 0.9 with classifier-free guidance
-3) with a fixed seed, so successive grids show how the same prompts improve.
+one its store names. Sampling uses top-p 0.9 with classifier-free guidance
+(scale 3) with a fixed seed, so successive grids show how the same prompts improve.
 """
 
 from typing import List, Optional

@@ -19,7 +19,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from cm3leon_jax.tokenizers import tf_ops as vocab_tf
+from cm3leon_jax.tokenizers import tf_ops
 
 SPECIALS = ('<break>', '<infill>', '<eoss>', '<mask>')
 PAD_TO_MULTIPLE = 128
@@ -115,7 +115,7 @@ class MultimodalVocabulary(seqio.Vocabulary):
 
   def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
     # Decoding mixes text and image ids; seqio calls this only in evaluation postprocessing.
-    return vocab_tf.decode_tf(self._decode, ids)
+    return tf_ops.decode_tf(self._decode, ids)
 
   # --- special tokens and image codes -----------------------------------------------------------
   def special_id(self, name: str) -> int:

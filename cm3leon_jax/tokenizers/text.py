@@ -6,7 +6,7 @@ import seqio
 import tensorflow as tf
 import tokenizers
 
-from cm3leon_jax.tokenizers import tf_ops as vocab_tf
+from cm3leon_jax.tokenizers import tf_ops
 
 
 class TokenizersVocabulary(seqio.Vocabulary):
@@ -60,10 +60,10 @@ class TokenizersVocabulary(seqio.Vocabulary):
     return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
   def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
-    return vocab_tf.encode_tf(self._encode, s)
+    return tf_ops.encode_tf(self._encode, s)
 
   def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-    return vocab_tf.decode_tf(self._decode, ids)
+    return tf_ops.decode_tf(self._decode, ids)
 
   def __eq__(self, other):
     return isinstance(other, TokenizersVocabulary) and self.path == other.path

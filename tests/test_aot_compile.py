@@ -3,9 +3,7 @@
 import os
 import re
 
-
 from helpers import run_tool
-
 
 
 def aot_compile(*args):

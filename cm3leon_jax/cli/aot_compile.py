@@ -210,7 +210,7 @@ def compile_step(model: Decoder, optimizer_config: optimizer_lib.OptimizerConfig
                                     sharding=state_lib.batch_sharding(mesh))
   batch = {k: batch_spec for k in state_lib.BATCH_FEATURES}
   step = state_lib.make_train_step(model, optimizer, schedule,
-                                     state_lib.StepConfig(microbatches=settings.microbatches))
+                                   state_lib.StepConfig(microbatches=settings.microbatches))
   lowered = state_lib.jit_train_step(step, mesh, shardings).lower(state, batch)
   with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
     jaxpr = jax.make_jaxpr(step)(state, batch).jaxpr

@@ -340,19 +340,22 @@ def test_image_spans_hold_exactly_n_codes_then_the_end_token_and_text_no_codes()
   config = DecodingConfig(max_new_tokens=steps, num_decodes=rows)
   prompts = [[3, BREAK]] * (rows // 2) + [[3, BREAK, 30, 31]] * (rows // 2)  # Whole, partial.
   tokens, _ = run(toy, prompts, config, spans=toy_spans())
-  images_seen = 0
+  # Walk each row as the span state does, recording whether every token is what its place allows:
+  # an image code inside an image, <break> once it is full, never an image code outside one.
+  images_seen, allowed = 0, []
   for row, prompt in zip(tokens, prompts):
     in_image, count = True, len(prompt) - 2
     for token in row:
       if in_image and count < N:
-        assert token in IMAGES
+        allowed.append(token in IMAGES)
         count += 1
       elif in_image:
-        assert token == BREAK
+        allowed.append(token == BREAK)
         in_image, images_seen = False, images_seen + 1
       else:
-        assert token not in IMAGES
+        allowed.append(token not in IMAGES)
         in_image, count = token == BREAK, 0
+  assert len(allowed) == rows * steps and all(allowed)
   assert images_seen > rows
   text_only, _ = run(toy, prompts, config, spans=toy_spans(generate_images=False))
   assert not np.isin(text_only, IMAGES).any()

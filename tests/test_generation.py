@@ -85,29 +85,32 @@ def test_caption_answer_and_text_infilling_emit_text_only(pretrained, monkeypatc
   monkeypatch.setattr(generation, 'generate', lambda *args, **kwargs: generated.append(
       real_generate(*args, **kwargs)) or generated[-1])
 
-  def check_ids(ids, texts=None):
-    """No image code anywhere; a returned text is exactly the sample's ids decoded, up to its
-    first non-text id; and there is text to check (the random model does emit text ids)."""
+  def check_ids(ids):
+    """No image code anywhere, and there is text to check (the random model does emit text
+    ids); returns each sample's text ids, up to its first non-text id."""
     ids = np.asarray(ids).reshape(-1, ids.shape[-1])
     assert ids.size and not vocab.is_image(ids).any(), ids
     text_ids = [sample[:(list(sample >= vocab.num_text) + [True]).index(True)] for sample in ids]
     assert sum(map(len, text_ids)) >= ids.size // 4, ids
-    if texts is not None:
-      assert texts == [vocab.text_vocabulary.decode(t.tolist()) for t in text_ids]
+    return text_ids
+
+  def check_texts(ids, texts):
+    """`check_ids`, and each returned text is exactly its sample's text ids decoded."""
+    assert texts == [vocab.text_vocabulary.decode(t.tolist()) for t in check_ids(ids)]
 
   image = vocab.image_ids(np.arange(N).reshape(1, N) % 64)
   greedy = DecodingConfig(temperature=0.0)
   captions = generation.caption(pretrained, np.concatenate([image, image]), greedy, 8)
   assert len(captions) == 2 and captions[0] == captions[1]
-  check_ids(generated[-1].tokens, [c for row in captions for c in row])
+  check_texts(generated[-1].tokens, [c for row in captions for c in row])
   # Sampling from the random model would pick an image code for about a quarter of its tokens.
   sampled = DecodingConfig(temperature=1.0, num_decodes=8, seed=1)
   captions = generation.caption(pretrained, image, sampled, 8)
   assert len(captions) == 1 and len(captions[0]) == 8
-  check_ids(generated[-1].tokens, captions[0])
+  check_texts(generated[-1].tokens, captions[0])
   answers = generation.answer(pretrained, image, ['what colour is it?'], greedy, 6)
   assert len(answers) == 1
-  check_ids(generated[-1].tokens, answers[0])
+  check_texts(generated[-1].tokens, answers[0])
   document = np.concatenate([vocab.text_vocabulary.encode('a red circle'), [vocab.break_id],
                              image[0]])
   text_span = (0, len(document) - N - 1)

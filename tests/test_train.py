@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from helpers import ROOT, run_tool
+from helpers import ROOT
 from cm3leon_jax import gin_utils
 from cm3leon_jax.training import checkpoints
 from cm3leon_jax import train as train_lib
@@ -32,6 +32,11 @@ from cm3leon_jax.training import optimizer
 from cm3leon_jax import partitioning
 from cm3leon_jax import train
 from cm3leon_jax.models import config
+from cm3leon_jax.data import store_tasks
+
+# The store's 80 documents fill this buffer once; the default 10,000 would have every run first
+# push 125 epochs through the CM3 objective before its first batch.
+store_tasks.register_store_task.shuffle_buffer_size = 128
 
 train.train:
   model_config = @config.DecoderConfig()
@@ -73,17 +78,28 @@ def gin_file(tmp_path_factory):
   return str(path)
 
 
-def run_in_process(gin_file, model_dir, *bindings):
-  gin_utils.parse([gin_file], list(bindings))
-  return train_lib.train(str(model_dir))
+@pytest.fixture(scope='module')
+def train_here(data_dir, gin_file):
+  """Train TRAIN_GIN (plus gin bindings) in this process: (model_dir, *bindings) -> the final
+  validation metrics."""
+  def run(model_dir, *bindings):
+    gin_utils.parse([gin_file], list(bindings))
+    # Registered again once TRAIN_GIN is parsed, so every run reads the task with its shuffle
+    # buffer, whatever other tests in this process registered (a resumed run restores the
+    # tf.data iterator of the same pipeline).
+    tasks.register_standard_tasks(data_dir)
+    return train_lib.train(str(model_dir))
+
+  return run
 
 
 @pytest.fixture(scope='module')
-def trained_run(tmp_path_factory, data_dir, gin_file):
-  """A 20-step run of TRAIN_GIN (checkpoints 10, 15, 20) and its final validation metrics,
-  trained once per test run; tests that change a run work on a copy."""
+def trained_run(tmp_path_factory, train_here):
+  """A 20-step run of TRAIN_GIN (checkpoints 10, 15, 20; sample grids of three images at the
+  evaluations, steps 10 and 20) and its final validation metrics, trained once per test run;
+  tests that change a run work on a copy."""
   def build(folder):
-    final = run_in_process(gin_file, folder)
+    final = train_here(folder, 'train.train.sample_images = 3')
     with open(os.path.join(folder, 'final.json'), 'w') as f:
       json.dump(final, f)
 
@@ -118,14 +134,14 @@ def test_a_run_writes_metrics_checkpoints_and_its_gin_config(trained_run):
   assert list((tmp_path / 'tensorboard' / 'train').iterdir())
 
 
-def test_sample_grids_and_a_loadable_model_folder(data_dir, gin_file, tmp_path):
-  run_in_process(gin_file, tmp_path, 'train.train.train_steps=5', 'train.train.eval_every=5',
-                 'train.train.sample_images=3')
-  with Image.open(tmp_path / 'images' / 'samples_000005.png') as grid:
+def test_sample_grids_and_a_loadable_model_folder(trained_run):
+  run = trained_run[0]
+  assert sorted(os.listdir(run / 'images')) == ['samples_000010.png', 'samples_000020.png']
+  with Image.open(run / 'images' / 'samples_000020.png') as grid:
     assert grid.size == (2 * 34 + 2, 2 * 34 + 2)  # Three 32-px images in 2 x 2 cells.
   # model.json, the vocabulary copy and the checkpoint (in the stored, scanned layout).
-  loaded = Pretrained.load(str(tmp_path), unroll_layers=False)
-  saved = checkpoints.load_params(str(tmp_path), jax.tree.map(
+  loaded = Pretrained.load(str(run), unroll_layers=False)
+  saved = checkpoints.load_params(str(run), jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), loaded.params))
   jax.tree.map(np.testing.assert_array_equal, loaded.params, saved)
   trained_with = input_pipeline.vocabulary('cm3leon_synthetic')  # Equal ids from the copied file:
@@ -134,41 +150,41 @@ def test_sample_grids_and_a_loadable_model_folder(data_dir, gin_file, tmp_path):
   assert loaded.tokens_per_image == 16
 
 
-def test_sharded_run_gives_the_single_device_loss_curve(data_dir, gin_file, tmp_path):
+def test_sharded_run_gives_the_single_device_loss_curve(train_here, tmp_path):
   short = ['train.train.train_steps = 10', 'train.train.checkpoint_every = 100',
            'train.train.eval_every = 100']
-  run_in_process(gin_file, tmp_path / 'one', 'train.train.num_devices = 1',
-                 'partitioning.MeshConfig.fsdp = 1', *short)
-  run_in_process(gin_file, tmp_path / 'eight', 'partitioning.MeshConfig.data = 2',
-                 'partitioning.MeshConfig.fsdp = 2', 'partitioning.MeshConfig.tensor = 2', *short)
+  train_here(tmp_path / 'one', 'train.train.num_devices = 1',
+           'partitioning.MeshConfig.fsdp = 1', *short)
+  train_here(tmp_path / 'eight', 'partitioning.MeshConfig.data = 2',
+           'partitioning.MeshConfig.fsdp = 2', 'partitioning.MeshConfig.tensor = 2', *short)
   one, eight = losses(tmp_path / 'one'), losses(tmp_path / 'eight')
   assert len(one) == 10
   np.testing.assert_allclose(eight, one, rtol=1e-5)
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(trained_run, gin_file, tmp_path):
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(trained_run, train_here,
+                                                                 tmp_path):
   tmp_path = copy_of(trained_run[0], tmp_path / 'run')
   for path, _, files in os.walk(tmp_path / 'checkpoints' / '20' / 'state'):
     for name in files:
       with open(os.path.join(path, name), 'wb') as f:
         f.write(b'garbage')
-  gin_utils.parse([gin_file], ['train.train.train_steps = 21'])
-  train_lib.train(str(tmp_path))
+  train_here(tmp_path, 'train.train.train_steps = 21')
   steps = [r['step'] for r in read_metrics(os.path.join(tmp_path, 'metrics.jsonl'))
            if r['split'] == 'train']
   assert steps == list(range(1, 22))  # Steps 16-20 were trained again from checkpoint 15.
 
 
-def test_fine_tuning_starts_from_another_runs_parameters(trained_run, gin_file, tmp_path):
+def test_fine_tuning_starts_from_another_runs_parameters(trained_run, train_here, tmp_path):
   base = trained_run[0]
-  run_in_process(gin_file, tmp_path / 'tuned', 'train.train.train_steps = 2',
-                 f"train.train.initial_checkpoint_path = '{base}'")
+  train_here(tmp_path / 'tuned', 'train.train.train_steps = 2',
+             f"train.train.initial_checkpoint_path = '{base}'")
   fresh_first = losses(base)[0]
   base_last, tuned_first = losses(base)[-1], losses(tmp_path / 'tuned')[0]
   assert abs(tuned_first - base_last) < 0.5 * abs(fresh_first - base_last)
 
 
-def test_bad_runs_fail_before_any_work_with_one_clear_message(data_dir, gin_file, tmp_path):
+def test_bad_runs_fail_before_any_work_with_one_clear_message(train_here, tmp_path):
   cases = [
       (tmp_path / 'no' / 'such' / 'run', [], 'its parent folder .* does not exist'),
       (tmp_path / 'typo', ["train.train.mixture_or_task_name = 'cm3leon_synthetik'"],
@@ -180,23 +196,24 @@ def test_bad_runs_fail_before_any_work_with_one_clear_message(data_dir, gin_file
   ]
   for model_dir, bindings, message in cases:
     with pytest.raises(ValueError, match=message):
-      run_in_process(gin_file, model_dir, *bindings)
+      train_here(model_dir, *bindings)
     assert not (model_dir / 'checkpoints').exists()
 
 
-def test_a_checkpoint_of_another_model_shape_names_the_parameter(trained_run, gin_file, tmp_path):
+def test_a_checkpoint_of_another_model_shape_names_the_parameter(trained_run, train_here,
+                                                                tmp_path):
   copy_of(trained_run[0], tmp_path / 'small')
   wider = ['config.DecoderConfig.embed_dim = 64', 'train.train.train_steps = 25']
   message = r'parameter embed/position is \(64, 32\) there but \(64, 64\) in this config'
   with pytest.raises(checkpoints.CheckpointShapeError, match=message):  # Resuming it.
-    run_in_process(gin_file, tmp_path / 'small', *wider)
+    train_here(tmp_path / 'small', *wider)
   with pytest.raises(checkpoints.CheckpointShapeError, match=message):  # Fine-tuning from it.
-    run_in_process(gin_file, tmp_path / 'tuned', *wider,
-                   f"train.train.initial_checkpoint_path = '{tmp_path / 'small'}'")
+    train_here(tmp_path / 'tuned', *wider,
+               f"train.train.initial_checkpoint_path = '{tmp_path / 'small'}'")
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
-    trained_run, gin_file, tmp_path):
+    trained_run, train_here, tmp_path):
   # The 20-step run (checkpoints 10, 15, 20) resumed at a learning rate of 1e30: step 21 still
   # starts from checkpoint 20's finite parameters, whose update then blows them up, so the loss
   # turns non-finite after checkpoint 20 and before checkpoint 25 would be written.
@@ -204,8 +221,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
   good = _final_params(run, 20)
   assert good and all(np.isfinite(p).all() for p in good)
   with pytest.raises(train_lib.NonFiniteLossError, match=r'Step (\d+): .*not finite') as error:
-    run_in_process(gin_file, run, 'train.train.train_steps = 30',
-                   'optimizer.OptimizerConfig.peak_learning_rate = 1e30')
+    train_here(run, 'train.train.train_steps = 30',
+               'optimizer.OptimizerConfig.peak_learning_rate = 1e30')
   failed_at = int(re.search(r'Step (\d+)', str(error.value)).group(1))
   assert 20 < failed_at < 25
   # It stopped at the first non-finite step: every step before it logged, all finite.
@@ -221,7 +238,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
   # A rerun at the usual rate resumes from it: step 21 sees checkpoint 20's parameters and data
   # position again, so it gets the same loss as step 21 of the failed run.
   step_21 = train[20]['loss']
-  run_in_process(gin_file, run, 'train.train.train_steps = 21')
+  train_here(run, 'train.train.train_steps = 21')
   rerun = [r for r in read_metrics(os.path.join(run, 'metrics.jsonl')) if r['split'] == 'train']
   assert [r['step'] for r in rerun] == list(range(1, 22))
   np.testing.assert_allclose(rerun[-1]['loss'], step_21, rtol=1e-6)
@@ -276,16 +293,19 @@ def whole_subprocess_run(tmp_path_factory, data_dir, gin_file):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('kill_step', [7, 13])
-def test_kill_9_then_rerun_gives_the_uninterrupted_parameters_bit_for_bit(
-    data_dir, gin_file, whole_subprocess_run, tmp_path, kill_step):
+def test_kill_9_twice_then_rerun_gives_the_uninterrupted_parameters_bit_for_bit(
+    data_dir, gin_file, whole_subprocess_run, tmp_path):
+  # Killed at step 7 (after checkpoint 5), rerun, killed again at step 13 of the rerun (after
+  # checkpoint 10), rerun to the end: both resumes restore parameters and data position exactly.
   env = _env(data_dir)
-  command = _command(gin_file, tmp_path / 'killed')
-  _kill_at_step(command, env, str(tmp_path / 'killed'), kill_step)
-  steps_before = [r['step'] for r in read_metrics(str(tmp_path / 'killed' / 'metrics.jsonl'))]
-  assert max(steps_before) < 20  # It really was interrupted.
+  model_dir = tmp_path / 'killed'
+  command = _command(gin_file, model_dir)
+  for kill_step in (7, 13):
+    _kill_at_step(command, env, str(model_dir), kill_step)
+    logged = [r['step'] for r in read_metrics(str(model_dir / 'metrics.jsonl'))]
+    assert kill_step <= max(logged) < 20  # It ran that far and really was interrupted.
   subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
-  whole, resumed = _final_params(whole_subprocess_run), _final_params(tmp_path / 'killed')
+  whole, resumed = _final_params(whole_subprocess_run), _final_params(model_dir)
   assert len(whole) == len(resumed) > 0
   for expected, got in zip(whole, resumed):
     np.testing.assert_array_equal(expected, got)
@@ -298,7 +318,7 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_processes_give_the_one_process_loss_curve(data_dir, gin_file, tmp_path):
+def test_two_processes_give_the_one_process_loss_curve(data_dir, gin_file, train_here, tmp_path):
   port = _free_port()
   short = ['train.train.train_steps = 10', 'train.train.checkpoint_every = 100']
   processes = [subprocess.Popen(
@@ -308,8 +328,9 @@ def test_two_processes_give_the_one_process_loss_curve(data_dir, gin_file, tmp_p
       for i in range(2)]
   outputs = [p.communicate(timeout=900)[0] for p in processes]
   assert all(p.returncode == 0 for p in processes), outputs[0][-3000:] + outputs[1][-3000:]
-  subprocess.run(_command(gin_file, tmp_path / 'one', 'train.train.data_shards = 2', *short),
-                 cwd=ROOT, env=_env(data_dir, devices=2), check=True, capture_output=True)
+  # One process on two devices, reading the data as the same two shards.
+  train_here(tmp_path / 'one', 'train.train.data_shards = 2', 'train.train.num_devices = 2',
+             *short)
   assert len(losses(tmp_path / 'one')) == 10
   np.testing.assert_allclose(losses(tmp_path / 'two'), losses(tmp_path / 'one'), rtol=1e-5)
   assert json.loads(outputs[0].strip().splitlines()[-1])['validation']['loss'] > 0
@@ -330,65 +351,3 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, gin_file, tmp_pa
   saved = checkpoints.Checkpointer(str(tmp_path), 100000).all_steps()
   last_logged = max(r['step'] for r in read_metrics(metrics) if r['split'] == 'train')
   assert saved and saved[-1] >= last_logged
-
-
-@pytest.fixture(scope='module')
-def tiny_quickstart(tmp_path_factory):
-  """The quickstart's workdir on tiny settings, run once; the tests below only read it."""
-  def build(folder):
-    run_tool(['tools/quickstart.py', f'--workdir={folder}', '--train_documents=300',
-              '--validation_documents=100', '--tokenizer_steps=10', '--clip_steps=10',
-              '--baseline_batches=10', '--judged_examples=8', '--gin_bindings=TRAIN_STEPS=20',
-              '--gin_bindings=train.train.log_every=10'],
-             env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=1200)
-
-  return pathlib.Path(shared_data.cached_folder(tmp_path_factory, 'tiny_quickstart', build))
-
-
-@pytest.mark.slow
-def test_quickstart_main_job_end_to_end_on_tiny_settings(tiny_quickstart):
-  report = json.loads((tiny_quickstart / 'report.json').read_text())
-  assert report['validation_step'] == 20
-  assert sum(report['documents_by_neighbour_count']['train'].values()) == 300
-  # 20 steps on a 10-step tokenizer's codes: better than uniform guessing over the 1,536 ids (the
-  # full quickstart's comparison with the unigram baseline is in the README).
-  assert report['validation_loss'] < np.log(1536)
-  assert np.isfinite(report['unigram_baseline'])
-  assert (tiny_quickstart / 'loss_curve.png').stat().st_size > 1000
-  for rates in (report['samples']['text_to_image_with_cfg'], report['samples']['captioning']):
-    assert 0.0 <= rates['main_object'] <= 1.0 and 0.0 <= rates['chance'] <= 1.0
-  assert (tiny_quickstart / 'samples.png').stat().st_size > 500
-
-
-@pytest.mark.slow
-def test_generate_tool_draws_the_same_grid_from_the_run_and_its_export(tiny_quickstart, tmp_path):
-  grid = tmp_path / 'grid.png'
-  run_tool(['tools/generate.py', f'--checkpoint={tiny_quickstart / "model"}',
-            '--prompt=a red circle', '--prompt=a small blue square', '--num_samples=2',
-            f'--output={grid}'])
-  settings = json.loads((tmp_path / 'grid.json').read_text())
-  assert settings['prompts'] == ['a red circle', 'a small blue square']
-  assert settings['decoding']['guidance_scale'] == 3.0
-  with Image.open(grid) as image:  # 2 x 2 cells: 32 px scaled 4x to 128, with 2-px borders.
-    assert image.size == (2 * 130 + 2, 2 * 130 + 2)
-    pixels = np.asarray(image)
-  # The exported folder samples the same grid (float32 export: the same parameters).
-  exported = tmp_path / 'exported'
-  run_tool(['tools/export.py', f'--checkpoint={tiny_quickstart / "model"}',
-            f'--output_dir={exported}'])
-  run_tool(['tools/generate.py', f'--checkpoint={exported}', '--prompt=a red circle',
-            '--prompt=a small blue square', '--num_samples=2', f'--output={tmp_path / "e.png"}'])
-  with Image.open(tmp_path / 'e.png') as image:
-    np.testing.assert_array_equal(np.asarray(image), pixels)
-
-
-@pytest.mark.slow
-def test_caption_tool_captions_a_folder_and_names_a_broken_image(tiny_quickstart, tmp_path):
-  images = tmp_path / 'images'
-  images.mkdir()
-  Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(images / 'black.png')
-  (images / 'broken.png').write_bytes(b'not a png')
-  run_tool(['tools/caption.py', f'--checkpoint={tiny_quickstart / "model"}', f'--images={images}',
-            f'--output={tmp_path / "captions.jsonl"}'])
-  lines = [json.loads(line) for line in (tmp_path / 'captions.jsonl').read_text().splitlines()]
-  assert {os.path.basename(line['image']) for line in lines} == {'black.png', 'broken.png'}

@@ -32,7 +32,7 @@ $(VENV)/.test: requirements-test.txt $(VENV)/.runtime
 	touch $@
 
 test: $(VENV)/.test
-	$(BIN)/python -m pytest -n 2 --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 demo: $(VENV)/.runtime
 	$(BIN)/python tools/quickstart.py --workdir=$(QUICKSTART_DIR)

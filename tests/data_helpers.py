@@ -36,7 +36,7 @@ def make_text_vocabulary(directory) -> str:
 def make_image_tokenizer(directory) -> str:
   """A saved random-weight ImageTokenizer; returns its folder."""
   model = VQGAN(TOKENIZER_CONFIG)
-  params = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))['params']
+  params = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))['params']
   return ImageTokenizer(TOKENIZER_CONFIG, params).save(os.path.join(directory, 'image_tokenizer'))
 
 

@@ -20,7 +20,7 @@ CONFIG = VQGANConfig(resolution=32, ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=
 @pytest.fixture(scope='module')
 def tokenizer():
   images = np.zeros((1, 32, 32, 3), np.float32)
-  params = VQGAN(CONFIG).init(jax.random.key(0), images)['params']
+  params = jax.jit(VQGAN(CONFIG).init)(jax.random.key(0), images)['params']
   return ImageTokenizer(CONFIG, params)
 
 

@@ -44,8 +44,7 @@ _JUDGED_EXAMPLES = flags.DEFINE_integer(
 _GUIDANCE_SCALE = flags.DEFINE_float('guidance_scale', 5.0, 'Classifier-free guidance scale of '
                                      'the report\'s samples.')
 _GIN_BINDINGS = flags.DEFINE_multi_string('gin_bindings', [],
-                                          'Extra gin bindings for the training run (the '
-                                          'unigram baseline reads its data with them too).')
+                                          'Extra bindings for the training run.')
 _BASELINE_BATCHES = flags.DEFINE_integer('baseline_batches', 100,
                                          'Training batches counted for the unigram baseline.')
 
@@ -155,11 +154,9 @@ def unigram_baseline(workdir: str) -> float:
   import gin  # pylint: disable=g-import-not-at-top
   from cm3leon_jax import gin_utils  # pylint: disable=g-import-not-at-top
   from cm3leon_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  from cm3leon_jax.evaluation import unigram  # pylint: disable=g-import-not-at-top
-  # The training run's config and bindings, parsed before the tasks register so that bindings
-  # of their registration apply here too.
-  gin_utils.parse(['quickstart.gin'], _GIN_BINDINGS.value)
   import tasks  # pylint: disable=g-import-not-at-top,unused-import  (registers the standard tasks)
+  from cm3leon_jax.evaluation import unigram  # pylint: disable=g-import-not-at-top
+  gin_utils.parse(['quickstart.gin'])
   lengths, batch = gin.query_parameter('%TASK_FEATURE_LENGTHS'), 16
   name = gin.query_parameter('%MIXTURE_OR_TASK_NAME')
   vocab_size = input_pipeline.vocabulary(name).vocab_size

@@ -84,11 +84,15 @@ def _one_vocabulary(stores) -> store_lib.MultimodalVocabulary:
   return stores[first].vocabulary()
 
 
+# Examples a store task's shuffle buffer holds unless told otherwise.
+SHUFFLE_BUFFER_SIZE = 10_000
+
+
 @gin.configurable
 def register_store_task(name: str, store_dir: str,
                         assembly_config: Optional[assembly.AssemblyConfig] = None,
                         splits: Optional[Sequence[str]] = None,
-                        shuffle_buffer_size: int = 10_000) -> seqio.Task:
+                        shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE) -> seqio.Task:
   """Register (or re-register) the Task `name` reading the store at `store_dir`.
 
   `assembly_config` None builds AssemblyConfig() when called, so gin bindings of

@@ -85,12 +85,14 @@ def input_pipeline_rate(store_dir: str, length: int, batch: int, num_batches: in
   the batches it gave)."""
   import tasks  # pylint: disable=g-import-not-at-top
   from cm3leon_jax.data import store as store_lib  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.data import store_tasks  # pylint: disable=g-import-not-at-top
   from cm3leon_jax.data.seqio_ops import CM3FeatureConverter  # pylint: disable=g-import-not-at-top
-  # A buffer of one pass over the store shuffles it fully; the default 10,000 would first push
-  # that many examples through the pipeline on a small store, before the untimed batches.
+  # A buffer of one pass over the store shuffles it fully; the default would first push that
+  # many examples through the pipeline on a small store, before the untimed batches.
   documents = store_lib.DocumentStore(os.path.join(store_dir, 'train')).num_documents
-  task = tasks.register_store_task('benchmark_pipeline', store_dir,
-                                   shuffle_buffer_size=min(documents, 10_000))
+  task = tasks.register_store_task(
+      'benchmark_pipeline', store_dir,
+      shuffle_buffer_size=min(documents, store_tasks.SHUFFLE_BUFFER_SIZE))
   dataset = task.get_dataset({'targets': length}, split='train', shuffle=True, seed=0,
                              num_epochs=None)
   batches = CM3FeatureConverter(pack=True)(dataset, {'targets': length}).batch(batch)

@@ -9,7 +9,6 @@ One naming rule drives the conversion: our parameter path with each list index '
 layout from torch's OIHW to Flax's HWIO; everything else is copied as is.
 """
 
-import pickle
 import re
 from typing import Dict, Mapping, Tuple
 
@@ -18,6 +17,7 @@ from absl import logging
 from flax import traverse_util
 
 from cm3leon_jax.interop.errors import CheckpointMismatchError
+from cm3leon_jax.interop.torch_files import load_torch_state_dict
 from cm3leon_jax.models.vqgan import abstract_params
 from cm3leon_jax.models.vqgan_config import VQGANConfig
 
@@ -85,18 +85,8 @@ def params_from_torch_state_dict(state_dict: Mapping[str, np.ndarray], config: V
 
 def load_taming_checkpoint(ckpt_path: str) -> Dict[str, np.ndarray]:
   """The VQModel tensors (as float32 numpy) of a taming Lightning `.ckpt`, without 'loss.*'."""
-  import torch  # Local import: only checkpoint loading needs torch.
-
-  try:
-    checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)
-  except pickle.UnpicklingError as e:
-    # Never fall back to full unpickling: it runs arbitrary code from the file.
-    raise CheckpointMismatchError(
-        f'{ckpt_path} holds objects other than tensors, which torch.load(weights_only=True) '
-        f'refuses; re-save just its state_dict from a trusted environment. ({e})') from e
-  state_dict = checkpoint.get('state_dict', checkpoint)
-  kept = {name: value.float().numpy() for name, value in state_dict.items()
-          if not name.startswith(LOSS_PREFIX)}
+  state_dict = load_torch_state_dict(ckpt_path)
+  kept = {name: value for name, value in state_dict.items() if not name.startswith(LOSS_PREFIX)}
   logging.info('Read %d VQ-GAN tensors from %s; ignored %d GAN-loss tensors (%s*).', len(kept),
                ckpt_path, len(state_dict) - len(kept), LOSS_PREFIX)
   return kept

@@ -21,6 +21,9 @@ Benchmarks (the positional NAME; one module of cm3leon_jax/cli/benchmarks/ each,
     clustered, L2-normalised embeddings: queries/s of both and ScaNN's recall@10.
   vqgan: images/s of our jitted float32 VQ-GAN encoding and decoding against the
     taming-transformers PyTorch modules with the same weights, config (--vqgan_gin) and batch.
+  fid: Inception pool-feature images/s of our jitted FID InceptionV3 against pytorch-fid's
+    module, same batch (--fid_batch, --fid_size) and weights (--inception, or random ones in
+    pytorch-fid's format), features compared.
 
 Each benchmark prints a markdown report (with the shapes each side ran) and ends with one
 machine-readable line:
@@ -36,7 +39,8 @@ defaults (XLA flags, nn.scan) and what else was tried are documented at harness.
 from absl import app
 
 from cm3leon_jax import cli
-from cm3leon_jax.cli.benchmarks import decoder, generate, harness, pipeline, retrieval, train, vqgan
+from cm3leon_jax.cli.benchmarks import (decoder, fid, generate, harness, pipeline, retrieval, train,
+                                        vqgan)
 
 BENCHMARKS = {
     'decoder': decoder,
@@ -45,6 +49,7 @@ BENCHMARKS = {
     'pipeline': pipeline,
     'retrieval': retrieval,
     'generate': generate,
+    'fid': fid,
 }
 
 

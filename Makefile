@@ -13,7 +13,7 @@ QUICKSTART_DIR ?= /tmp/cm3leon_quickstart
 # both targets, so this holds for all of them (JAX_PLATFORMS= make demo lets JAX pick the device).
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: test demo benchmark clean
+.PHONY: test demo benchmark clean java-runtime
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,11 @@ $(VENV)/.test: requirements-test.txt $(VENV)/.runtime
 	$(BIN)/pip install -q --no-deps taming-transformers-rom1504==0.0.6
 	touch $@
 
-test: $(VENV)/.test
+# The COCO caption evaluation's PTB tokenizer, which tests/test_caption_metrics.py runs, needs Java.
+java-runtime:
+	@command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless)
+
+test: $(VENV)/.test java-runtime
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 demo: $(VENV)/.runtime

@@ -121,3 +121,21 @@ def test_clear_errors(parts, tmp_path):
     json.dump(spec, f)
   with pytest.raises(PretrainedError, match="format 'gguf'"):
     Pretrained.load(folder)
+
+
+def test_loading_onto_a_mesh_shards_the_weights_and_decodes_the_same_tokens(parts, tmp_path):
+  from cm3leon_jax import partitioning  # pylint: disable=g-import-not-at-top
+  model = a_model(parts, 'chameleon')
+  folder = export_model(model, str(tmp_path / 'exported'))
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=1, fsdp=4, tensor=2))
+  sharded = Pretrained.load(folder, mesh=mesh)
+  embedding = sharded.params['embed']['token']  # [vocab, embed]
+  assert embedding.sharding.mesh.shape == mesh.shape
+  # Split over devices: each holds a quarter of the embedding width and half the vocabulary.
+  assert embedding.addressable_shards[0].data.shape == (embedding.shape[0] // 2,
+                                                        embedding.shape[1] // 4)
+  greedy = DecodingConfig(temperature=0.0, num_decodes=1, seed=0, guidance_scale=3.0)
+  prompts = ['a large red circle', 'a small blue square']
+  _, ids = generation.text_to_image(sharded, prompts, greedy)
+  _, expected = generation.text_to_image(Pretrained.load(folder), prompts, greedy)
+  np.testing.assert_array_equal(ids, expected)

@@ -144,6 +144,14 @@ def test_sample_grids_and_a_loadable_model_folder(trained_run):
   saved = checkpoints.load_params(str(run), jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), loaded.params))
   jax.tree.map(np.testing.assert_array_equal, loaded.params, saved)
+  # Restored straight into a mesh layout (scanned or unrolled): the same values, sharded.
+  from cm3leon_jax import partitioning  # pylint: disable=g-import-not-at-top
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=2, fsdp=2, tensor=2))
+  for unroll in (False, True):
+    on_mesh = Pretrained.load(str(run), unroll_layers=unroll, mesh=mesh)
+    reference = Pretrained.load(str(run), unroll_layers=unroll)
+    jax.tree.map(np.testing.assert_array_equal, on_mesh.params, reference.params)
+    assert on_mesh.params['embed']['token'].sharding.mesh.shape == mesh.shape
   trained_with = input_pipeline.vocabulary('cm3leon_synthetic')  # Equal ids from the copied file:
   assert loaded.vocab.vocab_size == trained_with.vocab_size
   assert loaded.vocab.encode('a red circle') == trained_with.encode('a red circle')

@@ -24,7 +24,9 @@ from typing import Any, Dict, Optional
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
+from cm3leon_jax import partitioning
 from cm3leon_jax.training import checkpoints
 from cm3leon_jax.data import objective
 from cm3leon_jax.interop import hf_chameleon, hf_opt
@@ -97,7 +99,7 @@ class Pretrained:
 
   @classmethod
   def load(cls, model_dir: str, image_tokenizer: Optional[str] = None,
-           unroll_layers: bool = True) -> 'Pretrained':
+           unroll_layers: bool = True, mesh: Optional[Mesh] = None) -> 'Pretrained':
     """The newest checkpoint of a training run, or an exported model folder.
 
     Args:
@@ -107,6 +109,9 @@ class Pretrained:
         one decoding step then reads each layer's weights in place instead of slicing them out
         of the stacked arrays, which is faster (tools/benchmark.py generate
         --generate_scan_layers). False keeps the stored layout (export does).
+      mesh: lay the parameters out over this device mesh by their logical axes (fsdp, tensor),
+        as training does; a checkpoint is restored straight into that layout. Decoding then runs
+        sharded. None: everything on this process's first device.
     """
     spec_path = os.path.join(model_dir, MODEL_FILE)
     if not os.path.exists(spec_path):
@@ -117,13 +122,17 @@ class Pretrained:
       spec = json.load(f)
     stored = _decoder_config(spec['model_config'])
     config = stored.replace(scan_layers=False) if unroll_layers else stored
-    if 'weights' in spec:  # The loader lays the parameters out for `config` directly.
-      params = _exported_params(model_dir, config, spec['weights'])
-    else:
-      params = _checkpoint_params(model_dir, Decoder(stored))
-      if config.scan_layers != stored.scan_layers:
-        params = unstack_layers(params, config.num_layers)
     model = Decoder(config)
+    placement = _placement(model, mesh)
+    if 'weights' in spec:  # The loader lays the parameters out for `config` directly.
+      params = jax.device_put(_exported_params(model_dir, config, spec['weights']), placement)
+    elif config.scan_layers != stored.scan_layers:
+      params = unstack_layers(_checkpoint_params(model_dir, Decoder(stored),
+                                                 _placement(Decoder(stored), mesh)),
+                              config.num_layers)
+      params = jax.device_put(params, placement)
+    else:
+      params = _checkpoint_params(model_dir, model, placement)
     vocab = _vocabulary(model_dir, spec['vocabulary'])
     cm3 = objective.CM3Config(**spec.get('cm3', {}))
     named = spec.get('image_tokenizer')
@@ -163,12 +172,22 @@ class Pretrained:
     return postprocess(np.asarray(self.image_tokenizer.decode(codes.reshape(-1, side, side))))
 
 
-def _checkpoint_params(model_dir: str, model: Decoder):
-  """The newest training checkpoint's parameters, on the first device."""
+def _placement(model: Decoder, mesh: Optional[Mesh]):
+  """Each parameter's sharding: by its logical axes over `mesh`, else this process's first
+  device (in a multi-process run, jax.devices()[0] may belong to another process)."""
+  if mesh is None:
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  boxed = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+  return partitioning.logical_shardings(boxed, mesh)
+
+
+def _checkpoint_params(model_dir: str, model: Decoder, placement):
+  """The newest training checkpoint's parameters, restored into `placement`."""
   shapes = jax.eval_shape(lambda: nn.meta.unbox(init_params(model, jax.random.key(0))))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                          shapes)
+  if isinstance(placement, jax.sharding.Sharding):
+    placement = jax.tree.map(lambda _: placement, shapes)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          shapes, placement)
   return checkpoints.load_params(model_dir, abstract)
 
 
@@ -183,7 +202,7 @@ def _exported_params(model_dir: str, config: DecoderConfig, weights: Dict[str, s
     _, params = load(model_dir, config)
   except FileNotFoundError as e:
     raise PretrainedError(f'{model_dir} is an exported model without its weights: {e}') from e
-  return jax.device_put(params)
+  return params
 
 
 def _vocabulary(model_dir: str, spec: Dict[str, Any]) -> MultimodalVocabulary:

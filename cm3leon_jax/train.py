@@ -26,6 +26,7 @@ import numpy as np
 # cli first: importing it sets up the process's logging (TF's INFO lines, orbax's INFO lines,
 # known harmless library warnings) before TensorFlow is imported.
 from cm3leon_jax import cli  # pylint: disable=g-bad-import-order
+from cm3leon_jax.cli import distributed
 from cm3leon_jax import flops, gin_utils, partitioning
 from cm3leon_jax.training import checkpoints
 from cm3leon_jax.data import objective
@@ -47,12 +48,7 @@ def _define_flags():
     return
   flags.DEFINE_multi_string('gin_file', [], 'Gin files (searched in gin/ too).')
   flags.DEFINE_multi_string('gin_bindings', [], 'Gin bindings; --gin.NAME=VALUE also works.')
-  flags.DEFINE_string('coordinator_address', None,
-                      'host:port of process 0, for multi-process runs off TPU.')
-  flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
-  flags.DEFINE_integer('process_id', None, 'This process in a multi-process run.')
-  flags.DEFINE_bool('multihost', False,
-                    'Call jax.distributed.initialize() with no arguments (TPU pods).')
+  distributed.define_flags()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -272,18 +268,10 @@ def _gin_dot_bindings(argv: Sequence[str]):
   return rest, bindings
 
 
-def _initialize_distributed():
-  if FLAGS.coordinator_address:
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  elif FLAGS.multihost:
-    jax.distributed.initialize()
-
-
 def main(argv, extra_bindings=()):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  _initialize_distributed()
+  distributed.initialize()
   # Parse (and fail on typos) before any data or compilation work starts.
   gin_utils.parse(FLAGS.gin_file, list(FLAGS.gin_bindings) + list(extra_bindings))
   try:

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 import shared_data
+from helpers import run_tool
 
 
 def _random_state_dict(rng):
@@ -44,6 +45,9 @@ def varied_images(rng, count, height, width):
   return np.stack(out)
 
 
+SAFETENSORS_NAME = 'inception.safetensors'
+
+
 def write_random_fid_weights(path, seed=0):
   """Write a random pytorch-fid weight file at `path`.
 
@@ -72,10 +76,19 @@ def write_random_fid_weights(path, seed=0):
 
 
 def shared_torch_home(tmp_path_factory):
-  """A TORCH_HOME whose hub cache holds the random FID weights, written once per test run."""
+  """A TORCH_HOME whose hub cache holds the random FID weights, written once per test run, with
+their safetensors conversion beside it (`SAFETENSORS_NAME`).
+
+  Written by a process of its own: torchvision imported into a process that has imported
+  TensorFlow (as the data tests have) can crash it."""
   from cm3leon_jax.interop import pytorch_fid  # pylint: disable=g-import-not-at-top
 
   def build(folder):
-    write_random_fid_weights(os.path.join(folder, 'hub', 'checkpoints', pytorch_fid.WEIGHTS_FILE))
+    path = os.path.join(folder, 'hub', 'checkpoints', pytorch_fid.WEIGHTS_FILE)
+    run_tool(['-c', 'import sys; sys.path.insert(0, "tests"); import fid_helpers; '
+              'from cm3leon_jax.interop import pytorch_fid; '
+              'fid_helpers.write_random_fid_weights(sys.argv[1]); '
+              'pytorch_fid.convert_to_safetensors(sys.argv[1], sys.argv[2])',
+              path, os.path.join(folder, SAFETENSORS_NAME)])
 
   return shared_data.cached_folder(tmp_path_factory, 'fid_torch_home', build)

@@ -156,11 +156,12 @@ def test_pytorch_fid_statistics_of_an_image_folder_load_and_match_ours(torch_hom
     np.testing.assert_array_equal(mu, data['mu'])
     np.testing.assert_array_equal(sigma, data['sigma'])
   weights = os.path.join(torch_home, 'hub', 'checkpoints', pytorch_fid.WEIGHTS_FILE)
-  ours = FeatureStatistics.of(inception_features(weights, batch_size=5)(images))
+  extract = inception_features(weights, batch_size=5)
+  ours = FeatureStatistics.of(extract(images))
   # Same images, same weights: the statistics agree to float32 rounding of the features, and so
   # the distance between them is tiny next to the distance to other images.
   np.testing.assert_allclose(ours.mu, mu, atol=1e-4)
-  others = FeatureStatistics.of(inception_features(weights, batch_size=5)(images[::-1, ::-1]))
+  others = FeatureStatistics.of(extract(images[::-1, ::-1]))
   between = distances.frechet_distance_eigh(ours.mu, ours.sigma, mu, sigma)
   to_others = distances.frechet_distance_eigh(others.mu, others.sigma, mu, sigma)
   assert to_others > 1.0 and between < 1e-5 * to_others

@@ -13,68 +13,30 @@ import time
 import numpy as np
 import pytest
 
-import fid_helpers
-import shared_data
-from helpers import ROOT, model_and_params, tiny_config
+import eval_helpers
+from helpers import ROOT
 from cm3leon_jax.interop import pytorch_fid
 
-# The tool inside tfds.testing.mock_data: COCO's splits then hold random examples (12 each).
+# The tool inside tfds.testing.mock_data: COCO's splits then hold random examples (6 each).
 _MOCK_COCO_RUN = (
     'import sys\n'
     'import tensorflow_datasets as tfds\n'
     'from cm3leon_jax.cli import eval_fid\n'
-    'with tfds.testing.mock_data(num_examples=12):\n'
+    'with tfds.testing.mock_data(num_examples=6):\n'
     '  eval_fid.run()\n')
-
-
-def _random_clip(directory, seed):
-  """A random-weight CLIP folder (the pipeline needs a CLIP, not a good one)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from cm3leon_jax.cli import train_clip  # pylint: disable=g-import-not-at-top
-  from cm3leon_jax.interop import hf_clip  # pylint: disable=g-import-not-at-top
-  from cm3leon_jax.models.clip import CLIP  # pylint: disable=g-import-not-at-top
-  images, captions, _ = train_clip.synthetic_pairs(0, 16, 32)
-  tokenizer = train_clip.build_tokenizer(captions, 20)
-  config = train_clip.clip_config(tokenizer, 32, 8, 32, 1, 16, 20)
-  ids, mask = train_clip.encode_texts(tokenizer, captions[:1], 20)
-  pixels = hf_clip.preprocess_images(images[:1], config)
-  params = jax.jit(CLIP(config).init)(jax.random.key(seed), pixels, ids, mask)['params']
-  train_clip.save(directory, config, params, 1.0, tokenizer, 20)
 
 
 @pytest.fixture(scope='module')
 def parts(tmp_path_factory, shared_tokenizers):
-  """(exported tiny model, two CLIPs, Inception weights): built once per test run."""
-  torch_home = fid_helpers.shared_torch_home(tmp_path_factory)
-
-  def build(folder):
-    from cm3leon_jax.data import objective  # pylint: disable=g-import-not-at-top
-    from cm3leon_jax.data.store import text_vocabulary  # pylint: disable=g-import-not-at-top
-    from cm3leon_jax.decoding.export import export_model  # pylint: disable=g-import-not-at-top
-    from cm3leon_jax.decoding.pretrained import Pretrained  # pylint: disable=g-import-not-at-top
-    from cm3leon_jax.tokenizers.multimodal import MultimodalVocabulary  # pylint: disable=g-import-not-at-top
-    text, image_tokenizer = shared_tokenizers
-    vocab = MultimodalVocabulary(text_vocabulary(text), num_image_codes=64, num_sentinels=8)
-    model, params = model_and_params(tiny_config(vocab_size=vocab.vocab_size, max_length=96))
-    export_model(Pretrained(model, params, vocab, objective.CM3Config(), image_tokenizer, folder),
-                 os.path.join(folder, 'model'))
-    for name, seed in (('rerank_clip', 0), ('metric_clip', 1)):
-      _random_clip(os.path.join(folder, name), seed)
-
-  folder = shared_data.cached_folder(tmp_path_factory, 'eval_fid_parts', build)
-  return {'model': os.path.join(folder, 'model'), 'rerank_clip': os.path.join(folder, 'rerank_clip'),
-          'metric_clip': os.path.join(folder, 'metric_clip'),
-          # The safetensors conversion: the tool then reads the weights without torch.
-          'inception': os.path.join(torch_home, fid_helpers.SAFETENSORS_NAME),
-          'reference_cache': str(tmp_path_factory.mktemp('reference_cache'))}
+  return eval_helpers.shared_parts(tmp_path_factory, shared_tokenizers)
 
 
 def _args(parts, output_dir, *extra):
   return [f'--checkpoint={parts["model"]}', f'--inception={parts["inception"]}',
           f'--rerank_clip={parts["rerank_clip"]}', f'--metric_clip={parts["metric_clip"]}',
           f'--output_dir={output_dir}', f'--reference_cache={parts["reference_cache"]}',
-          '--source=coco', '--num_captions=12', '--num_samples=2', '--shard_size=3',
-          '--batch_prompts=3', '--feature_batch=8', '--kid_subsets=5', '--kid_subset_size=6',
+          '--source=coco', '--num_captions=6', '--num_samples=2', '--shard_size=2',
+          '--batch_prompts=2', '--feature_batch=8', '--kid_subsets=5', '--kid_subset_size=4',
           '--mesh_fsdp=1', *extra]
 
 
@@ -116,23 +78,23 @@ def test_one_run_measures_every_caption_and_records_the_protocol(whole_run):
   output_dir, result = whole_run
   metrics = result['metrics']
   for space in ('fid', 'fd_clip'):
-    assert metrics[space]['num_images'] == 12
+    assert metrics[space]['num_images'] == 6
     assert np.isfinite(metrics[space]['frechet_distance_eigh'])
     assert metrics[space]['frechet_distance_eigh'] > 0
-    assert metrics[space]['kid']['subsets'] == 5 and metrics[space]['kid']['subset_size'] == 6
+    assert metrics[space]['kid']['subsets'] == 5 and metrics[space]['kid']['subset_size'] == 4
     assert 'frechet_distance' not in metrics[space]  # --nopytorch_fid_form
   assert 0 <= metrics['clip_score'] <= 100
   counts = result['counts']
-  assert counts['captions_evaluated'] == 12 and counts['samples_drawn'] == 24
+  assert counts['captions_evaluated'] == 6 and counts['samples_drawn'] == 12
   protocol = result['protocol']
   assert protocol['source']['tfds_splits'] == ['val', 'test', 'restval']
   assert protocol['samples_per_caption'] == 2 and protocol['resolution'] == 32
   assert 'LANCZOS' in protocol['reference']['preprocessing']
   assert result['software']['jax'] and result['settings']['num_samples'] == 2
-  # The reference is every val2014 image the mock holds (3 splits x 12), cached once.
+  # The reference is every val2014 image the mock holds (3 splits x 6), cached once.
   with np.load(protocol['reference']['files']['inception']) as reference:
-    assert int(reference['num_images']) == 36 and reference['features'].shape == (36, 2048)
-  assert sorted(os.listdir(output_dir / 'shards')) == [f'shard_{i:05d}.npz' for i in range(4)]
+    assert int(reference['num_images']) == 18 and reference['features'].shape == (18, 2048)
+  assert sorted(os.listdir(output_dir / 'shards')) == [f'shard_{i:05d}.npz' for i in range(3)]
 
 
 def _free_port():
@@ -153,7 +115,7 @@ def test_a_run_killed_half_way_and_resumed_on_two_processes_gives_the_same_resul
   process.send_signal(signal.SIGKILL)
   process.communicate()
   finished = sorted(n for n in os.listdir(shards) if not n.endswith('.partial.npz'))
-  assert 1 <= len(finished) < 4, finished  # Really interrupted half-way.
+  assert 1 <= len(finished) < 3, finished  # Really interrupted half-way.
   written = {n: os.stat(shards / n).st_mtime_ns for n in finished}
   port = _free_port()
   processes = [_popen(_args(parts, output_dir, '--nopytorch_fid_form',
@@ -172,7 +134,7 @@ def test_a_run_killed_half_way_and_resumed_on_two_processes_gives_the_same_resul
     assert 'frechet_distance' not in resumed['metrics'][space]
   assert resumed['metrics']['clip_score'] == pytest.approx(whole['metrics']['clip_score'],
                                                            rel=1e-9, abs=1e-12)
-  for shard in range(4):  # Every sample and its features are the same.
+  for shard in range(3):  # Every sample and its features are the same.
     with np.load(shards / f'shard_{shard:05d}.npz') as a, \
         np.load(whole_run[0] / 'shards' / f'shard_{shard:05d}.npz') as b:
       np.testing.assert_array_equal(a['inception'], b['inception'])

@@ -12,6 +12,7 @@ from PIL import Image
 import eval_helpers
 from helpers import run_tool
 from cm3leon_jax.data.synthetic import SyntheticConfig, SyntheticDataset
+from cm3leon_jax.evaluation import caption_eval
 
 
 @pytest.fixture(scope='module')
@@ -47,17 +48,15 @@ def test_captioning_cider_equals_pycocoevalcap_on_the_tools_captions(parts, tmp_
   assert result['count'] == 4 and [c['image_id'] for c in captions] == ['0', '1', '2', '3']
   assert result['ptb_backend'] == 'java'
   # A random model's captions score near 0; captions that share n-grams with the references
-  # (given with --results, no model) score well above it. Both equal the COCO evaluation's.
+  # score well above it (scored by the function the tool scores with; the tool's --results
+  # option feeds it given captions). Both equal the COCO evaluation's.
   scored = [(result, captions)]
   given = [{'image_id': str(i), 'caption': f'{examples[4 + i].caption}, seen from above!'}
            for i in range(4)]
   given[3]['caption'] = 'a photo'
-  (tmp_path / 'given.json').write_text(json.dumps(given))
-  run_tool(['tools/eval_captioning.py', f'--results={tmp_path / "given.json"}',
-            f'--annotations={tmp_path / "captions.json"}', f'--image_dir={tmp_path}',
-            f'--output_dir={tmp_path / "given"}'])
-  scored.append((json.loads((tmp_path / 'given' / 'result.json').read_text()), given))
-  assert scored[1][0]['cider_d'] > 1.0
+  items = list(caption_eval.coco_from_json(str(tmp_path / 'captions.json'), str(tmp_path)))
+  scored.append((caption_eval.score_captions(items, [g['caption'] for g in given]), given))
+  assert scored[1][0]['cider_d'] > 1.0 and scored[1][0]['ptb_backend'] == 'java'
   references = {str(a['image_id']): [] for a in annotations}
   for a in annotations:
     references[str(a['image_id'])].append({'caption': a['caption']})

@@ -20,7 +20,7 @@ from absl import app, flags, logging
 from cm3leon_jax import cli
 from cm3leon_jax.decoding import DecodingConfig
 from cm3leon_jax.decoding.pretrained import Pretrained
-from cm3leon_jax.evaluation import caption_eval, cider, ptb_tokenizer
+from cm3leon_jax.evaluation import caption_eval
 
 FLAGS = flags.FLAGS
 
@@ -83,29 +83,21 @@ def main(argv):
   if not items:
     raise app.UsageError('No images with reference captions to evaluate.')
   captions = given_captions(items) if FLAGS.results else model_captions(items)
-  backend = ptb_tokenizer.backend_in_use(FLAGS.ptb_backend)
-  tokenized = ptb_tokenizer.tokenize(captions + [r for i in items for r in i.references],
-                                     backend)
-  candidates = {item.image_id: tokenized[k] for k, item in enumerate(items)}
-  references, position = {}, len(items)
-  for item in items:
-    references[item.image_id] = tokenized[position:position + len(item.references)]
-    position += len(item.references)
-  score, per_image = cider.cider_d(references, candidates)
+  scores = caption_eval.score_captions(items, captions, FLAGS.ptb_backend)
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   with open(os.path.join(FLAGS.output_dir, 'captions.json'), 'w', encoding='utf-8') as f:
     json.dump([{'image_id': i.image_id, 'caption': c} for i, c in zip(items, captions)], f,
               indent=1)
-  result = {'cider_d': score, 'per_image': per_image, 'count': len(items),
-            'ptb_backend': backend, 'source': FLAGS.annotations or f'tfds:{FLAGS.tfds_split}',
+  result = {**scores, 'count': len(items), 'source': FLAGS.annotations or f'tfds:{FLAGS.tfds_split}',
             'decoding': {'temperature': FLAGS.temperature, 'top_p': FLAGS.top_p,
                          'max_tokens': FLAGS.max_tokens, 'seed': FLAGS.seed},
             'checkpoint': FLAGS.checkpoint, 'results': FLAGS.results}
   path = os.path.join(FLAGS.output_dir, 'result.json')
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(result, f, indent=2, sort_keys=True)
-  logging.info('CIDEr-D %.4f over %d images (PTB tokenization: %s).', score, len(items), backend)
-  print(json.dumps({'cider_d': score, 'count': len(items)}))
+  logging.info('CIDEr-D %.4f over %d images (PTB tokenization: %s).', scores['cider_d'],
+               len(items), scores['ptb_backend'])
+  print(json.dumps({'cider_d': scores['cider_d'], 'count': len(items)}))
 
 
 def run():

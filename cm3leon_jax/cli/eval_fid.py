@@ -100,8 +100,7 @@ def settings() -> dict:
            'tfds_data_dir', 'captions_file', 'images', 'inception', 'rerank_clip', 'metric_clip',
            'reference_stats', 'num_samples', 'guidance_scale', 'temperature', 'top_p',
            'cd_k_fraction', 'seed', 'retrieval_index', 'num_retrieved', 'shard_size',
-           'batch_prompts',
-           'kid_subsets', 'kid_subset_size')
+           'batch_prompts', 'kid_subsets', 'kid_subset_size')
   return {name: FLAGS[name].value for name in names}
 
 
@@ -158,7 +157,8 @@ def measurements(judge: bool) -> fid_run.Measurements:
 def reference_paths(source, measure: fid_run.Measurements, resolution: int) -> dict:
   """The reference statistics: --reference_stats (Inception), else cached ones of the source."""
   weights = pytorch_fid.find_weights(FLAGS.inception)
-  key = fid_run.fingerprint(source.describe(), resolution, fid_run.file_fingerprint(weights),
+  key = fid_run.fingerprint(source.reference_images_description(), resolution,
+                            fid_run.file_fingerprint(weights),
                             measure.clip and measure.clip.encoder.info.fingerprint)
   prefix = os.path.join(FLAGS.reference_cache, f'{source.name}_{resolution}px_{key}')
   if FLAGS.reference_stats:

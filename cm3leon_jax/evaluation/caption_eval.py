@@ -19,6 +19,7 @@ from cm3leon_jax.data import images as image_lib
 from cm3leon_jax.data.sources import CocoCaptionsSource
 from cm3leon_jax.decoding import DecodingConfig, generation
 from cm3leon_jax.decoding.pretrained import Pretrained
+from cm3leon_jax.evaluation import cider, ptb_tokenizer
 
 
 @dataclasses.dataclass
@@ -138,3 +139,19 @@ def answer_all(pretrained: Pretrained, questions: Sequence[Question], template: 
                               prompts, config, max_tokens)
     out += [short_answer(t[0]) for t in texts]
   return out
+
+
+def score_captions(items: Sequence[CaptionedImage], captions: Sequence[str],
+                   backend: str = 'auto') -> Dict:
+  """CIDEr-D of one caption per image against its references, both PTB-tokenized as the COCO
+  evaluation does: {'cider_d', 'per_image': {image_id: score}, 'ptb_backend'}."""
+  backend = ptb_tokenizer.backend_in_use(backend)
+  tokenized = ptb_tokenizer.tokenize(list(captions) + [r for i in items for r in i.references],
+                                     backend)
+  candidates = {item.image_id: tokenized[k] for k, item in enumerate(items)}
+  references, position = {}, len(items)
+  for item in items:
+    references[item.image_id] = tokenized[position:position + len(item.references)]
+    position += len(item.references)
+  score, per_image = cider.cider_d(references, candidates)
+  return {'cider_d': score, 'per_image': per_image, 'ptb_backend': backend}

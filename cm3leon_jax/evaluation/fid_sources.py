@@ -75,10 +75,13 @@ class CocoVal2014:
       if not record.error and record.image is not None:
         yield np.asarray(record.image)
 
+  def reference_images_description(self) -> Dict[str, Any]:
+    """What identifies the reference images (the cache key of their statistics)."""
+    return {'source': self.name, 'tfds_splits': list(self.splits), 'data_dir': self.data_dir}
+
   def describe(self) -> Dict[str, Any]:
-    return {'source': self.name, 'tfds_splits': list(self.splits), 'data_dir': self.data_dir,
-            'num_captions': self.num_captions, 'seed': self.seed,
-            'caption_choice': 'one caption per image, seeded'}
+    return {**self.reference_images_description(), 'num_captions': self.num_captions,
+            'seed': self.seed, 'caption_choice': 'one caption per image, seeded'}
 
 
 class SyntheticPrompts:
@@ -97,6 +100,10 @@ class SyntheticPrompts:
   def reference_images(self) -> Iterator[np.ndarray]:
     for example in self._examples:
       yield np.asarray(example.image)
+
+  def reference_images_description(self) -> Dict[str, Any]:
+    """What identifies the reference images (the cache key of their statistics)."""
+    return self.describe()
 
   def describe(self) -> Dict[str, Any]:
     return {'source': self.name, 'count': self.count, 'resolution': self.resolution,
@@ -153,6 +160,11 @@ class CaptionFile:
     for entry in self._entries:
       if entry.get('image'):
         yield np.asarray(image_lib.load_image(os.path.join(root, entry['image'])))
+
+  def reference_images_description(self) -> Dict[str, Any]:
+    """What identifies the reference images (the cache key of their statistics)."""
+    return {'source': self.name, 'path': self.path, 'num_captions': len(self._entries),
+            'modified': os.path.getmtime(self.path)}
 
   def describe(self) -> Dict[str, Any]:
     return {'source': self.name, 'path': self.path, 'num_captions': len(self._entries),

@@ -15,7 +15,6 @@ import pytest
 
 import eval_helpers
 from helpers import ROOT
-from cm3leon_jax.interop import pytorch_fid
 
 # The tool inside tfds.testing.mock_data: COCO's splits then hold random examples (6 each).
 _MOCK_COCO_RUN = (

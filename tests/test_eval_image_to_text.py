@@ -3,7 +3,6 @@ tests write: CIDEr-D of the tool's captions equals pycocoevalcap's (its PTB toke
 on the same captions, and the VQA tool writes the official formats with accuracies in range."""
 
 import json
-import os
 
 import numpy as np
 import pytest

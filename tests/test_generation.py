@@ -46,6 +46,23 @@ def test_guidance_scale_one_equals_no_guidance_and_masks_with_the_training_senti
   assert unconditional_prompt(prompt, vocab, mask_id=sentinel) == [sentinel, vocab.break_id]
 
 
+def test_unconditional_images_are_what_the_unconditional_stream_draws(pretrained):
+  # Guidance at scale 0 follows the unconditional stream alone (u + 0 (c - u)): greedy, it draws
+  # what the masked prompt draws without guidance, whatever the caption.
+  greedy = DecodingConfig(temperature=0.0, num_decodes=1)
+  images, ids = generation.unconditional_images(pretrained, 2, greedy)
+  assert images.shape == (2, 32, 32, 3) and ids.shape == (2, N)
+  assert pretrained.vocab.is_image(ids).all()
+  _, guided = generation.text_to_image(
+      pretrained, ['a large red circle', 'a small blue square'],
+      DecodingConfig(temperature=0.0, num_decodes=1, guidance_scale=0.0))
+  np.testing.assert_array_equal(guided[:, 0], ids)
+  _, conditional = generation.text_to_image(pretrained, ['a large red circle'], greedy)
+  assert not np.array_equal(conditional[0, 0], ids[0])  # The caption does change the drawing.
+  sampled, _ = generation.unconditional_images(pretrained, 3, SAMPLING)
+  assert len({image.tobytes() for image in sampled}) > 1  # `count` samples, not one repeated.
+
+
 def test_guided_text_to_image_contrasts_the_caption_with_the_sentinel_prompt(pretrained):
   # Greedy CFG's first code against full forward passes: the argmax over image codes of
   # c + (s - 1)(c - u), u the logits after <sentinel:0> <break>. On these captions it differs

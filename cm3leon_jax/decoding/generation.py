@@ -2,6 +2,7 @@
 sections 3 and 4).
 
   text_to_image   ``[retrieved docs <eos>] caption <break>`` -> N image codes (CFG, CD-K, top-p)
+  unconditional_images  ``<mask> <break>`` -> N image codes (the caption masked, no guidance)
   caption         ``<sentinel:0> <break> image <infill> <sentinel:0>`` -> caption text <eoss>
   answer          ``image <break> question`` -> text (VQA-style prompts)
   infill          ``body with a span masked <infill> <sentinel:0>`` -> that span, text or image
@@ -45,13 +46,31 @@ def text_to_image(pretrained: Pretrained, captions: Sequence[str], config: Decod
       retrieved documents.
   """
   vocab = pretrained.vocab
-  n = pretrained.tokens_per_image
   prompts = []
   for i, caption in enumerate(captions):
     if not caption or not caption.strip():
       raise DecodingError(f'Caption {i} is empty; text-to-image needs a caption.')
     prefix = list(prefixes[i]) if prefixes is not None else []
     prompts.append(prefix + list(vocab.text_vocabulary.encode(caption)) + [vocab.break_id])
+  return _images_after(pretrained, prompts, config)
+
+
+def unconditional_images(pretrained: Pretrained, count: int, config: DecodingConfig
+                         ) -> Tuple[np.ndarray, np.ndarray]:
+  """Images drawn with the caption masked, ``<mask> <break>`` (the prompt of guidance's
+  unconditional stream), without guidance: (uint8 images [count, H, W, 3], ids [count, N]).
+  The baseline a text-to-image metric should beat: what the model draws knowing no caption."""
+  prompt = [mask_token(pretrained), pretrained.vocab.break_id]
+  config = dataclasses.replace(config, num_decodes=count, guidance_scale=None,
+                               image_guidance_scale=None, cd_k_fraction=0.0)
+  images, ids = _images_after(pretrained, [prompt], config)
+  return images[0], ids[0]
+
+
+def _images_after(pretrained: Pretrained, prompts, config: DecodingConfig):
+  """N image codes after each prompt, decoded: (images [P, num_decodes, ...], ids)."""
+  vocab = pretrained.vocab
+  n = pretrained.tokens_per_image
   config = dataclasses.replace(config, max_new_tokens=n, tokens_per_image=n, generate_images=True,
                                image_open_id=None, image_close_id=None, stop_ids=(),
                                uncond_mask_id=mask_token(pretrained))

@@ -7,7 +7,7 @@ import shared_data
 from helpers import model_and_params, tiny_config
 
 
-def _random_clip(directory, seed):
+def random_clip(directory, seed):
   """A random-weight CLIP folder (the pipeline needs a CLIP, not a good one)."""
   import jax  # pylint: disable=g-import-not-at-top
   from cm3leon_jax.cli import train_clip  # pylint: disable=g-import-not-at-top
@@ -39,7 +39,7 @@ def shared_parts(tmp_path_factory, shared_tokenizers):
     export_model(Pretrained(model, params, vocab, objective.CM3Config(), image_tokenizer, folder),
                  os.path.join(folder, 'model'))
     for name, seed in (('rerank_clip', 0), ('metric_clip', 1)):
-      _random_clip(os.path.join(folder, name), seed)
+      random_clip(os.path.join(folder, name), seed)
 
   folder = shared_data.cached_folder(tmp_path_factory, 'eval_fid_parts', build)
   return {'model': os.path.join(folder, 'model'), 'rerank_clip': os.path.join(folder, 'rerank_clip'),

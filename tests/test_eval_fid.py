@@ -49,11 +49,11 @@ def _popen(args):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _run(args, expect_ok=True):
+def _run(args):
+  """Run the tool to completion; it must succeed. (returncode, stdout, stderr)."""
   process = _popen(args)
   out, err = process.communicate(timeout=900)
-  if expect_ok:
-    assert process.returncode == 0, err[-3000:]
+  assert process.returncode == 0, err[-3000:]
   return process.returncode, out, err
 
 

@@ -23,7 +23,8 @@ from absl import logging
 from cm3leon_jax.data.images import ImageError
 from cm3leon_jax.evaluation import distances, fid_sources, synthetic_eval
 from cm3leon_jax.evaluation.fid_sources import Prompt
-from cm3leon_jax.evaluation.statistics import FeatureStatistics, load_reference
+from cm3leon_jax.evaluation.statistics import (FeatureStatistics, load_reference,
+                                               save_npz_atomically)
 
 SHARD_PATTERN = 'shard_{:05d}.npz'
 JUDGE_KEYS = ('main_object', 'half_the_facts', 'caption_score')
@@ -55,12 +56,6 @@ class Measurements:
     return out
 
 
-def _save_atomically(path: str, **arrays) -> None:
-  temporary = path + '.partial.npz'
-  np.savez(temporary, **arrays)
-  os.replace(temporary, path)
-
-
 def shard_ranges(count: int, shard_size: int) -> List[range]:
   """The prompt indices of each shard."""
   return [range(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]
@@ -87,7 +82,7 @@ def run_shards(prompts: Sequence[Prompt], sample: Callable[[Sequence[Prompt], in
     batch = [prompts[i] for i in ranges[shard]]
     images = sample(batch, shard)
     arrays = measure(images, [p.caption for p in batch])
-    _save_atomically(os.path.join(folder, SHARD_PATTERN.format(shard)),
+    save_npz_atomically(os.path.join(folder, SHARD_PATTERN.format(shard)),
                      indices=np.array([p.index for p in batch]), **arrays)
     _log_progress(made, len(mine), sum(len(ranges[s]) for s in mine[:made]), start)
   return len(mine)

@@ -16,6 +16,14 @@ from typing import Optional
 import numpy as np
 
 
+def save_npz_atomically(path: str, **arrays) -> None:
+  """np.savez to `path` through a temporary file, so a run killed mid-write leaves no
+  half-written file (resumable runs trust every file they find)."""
+  temporary = path + '.partial.npz'  # np.savez adds .npz to names without it.
+  np.savez(temporary, **arrays)
+  os.replace(temporary, path)
+
+
 class StatisticsMismatchError(ValueError):
   """Statistics that cannot be compared or merged (another feature width, a file without `mu`)."""
 
@@ -83,9 +91,7 @@ class FeatureStatistics:
                   **extra)
     if features is not None:
       arrays['features'] = np.asarray(features, np.float32)
-    temporary = path + '.partial.npz'  # np.savez adds .npz to names without it.
-    np.savez(temporary, **arrays)
-    os.replace(temporary, path)  # A run killed mid-write leaves no half-written file.
+    save_npz_atomically(path, **arrays)
 
   @classmethod
   def load(cls, path: str) -> 'FeatureStatistics':

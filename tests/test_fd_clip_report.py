@@ -23,17 +23,21 @@ def _real(start, count):
 
 
 def test_real_images_are_nearer_the_reference_than_noise_and_flat_images(clip):
-  reference = np.stack([image for image, _ in _real(0, 48)])
-  floor_pairs = _real(1000, 48)
-  floor = np.stack([image for image, _ in floor_pairs])
-  captions = [caption for _, caption in floor_pairs]
+  reference_pairs = _real(0, 48)
+  reference = np.stack([image for image, _ in reference_pairs])
+  captions = [caption for _, caption in reference_pairs]
+  floor = np.stack([image for image, _ in _real(1000, 48)])
   rng = np.random.default_rng(0)
   noise = rng.integers(0, 256, reference.shape, dtype=np.uint8)
   flat = np.full_like(reference, 128)
   report = fd_clip_report(clip, reference, floor, {'noise': noise, 'flat': flat}, captions)
   assert set(report) == {'real', 'noise', 'flat'}
   assert 0 < report['real']['fd_clip'] < min(report['noise']['fd_clip'], report['flat']['fd_clip'])
-  assert 'clip_score' not in report['real']
-  assert all(0 <= report[name]['clip_score'] <= 100 for name in ('noise', 'flat'))
+  assert all(0 <= report[name]['clip_score'] <= 100 for name in ('real', 'noise', 'flat'))
+  # A set equal to the reference is at distance 0 and scores as the reference with its captions.
+  copy = fd_clip_report(clip, reference, floor, {'copy': reference.copy()}, captions)
+  assert copy['copy']['fd_clip'] == pytest.approx(0, abs=1e-6)
+  assert copy['real']['clip_score'] == pytest.approx(copy['copy']['clip_score'], rel=1e-6)
+  assert copy['real']['clip_score'] != pytest.approx(report['noise']['clip_score'], rel=1e-3)
   with pytest.raises(ValueError, match='must hold 48 images'):
     fd_clip_report(clip, reference, floor, {'short': noise[:10]})

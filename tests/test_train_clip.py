@@ -74,3 +74,10 @@ def test_captions_file_needs_tabs(tmp_path):
   path.write_text('no tab here\n')
   with pytest.raises(ValueError, match='image_path<TAB>caption'):
     tool.file_pairs(str(path), 32)
+
+
+def test_a_training_pool_holding_held_out_examples_is_refused(tmp_path):
+  # [999_990, 1_000_022) reaches into the held-out [1_000_000, 1_000_016).
+  with pytest.raises(ValueError, match=r'pool \[999990, 1000022\) overlaps the held-out'):
+    tool.train(str(tmp_path / 'clip'), steps=4, batch_size=8, learning_rate=1e-3,
+               pool_size=32, pool_start=999_990, eval_examples=16)

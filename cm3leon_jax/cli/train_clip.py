@@ -58,6 +58,9 @@ def define_flags():
                       'Lines "image_path<TAB>caption"; default: synthetic pairs.')
   flags.DEFINE_integer('pool_size', 20000,
                        'Synthetic training pairs generated up front and sampled from.')
+  flags.DEFINE_integer('pool_start', 0,
+                       'First synthetic index of the training pairs: a CLIP trained from another '
+                       'start sees other examples (the quickstart\'s measuring CLIP).')
   flags.DEFINE_integer('image_size', 32, 'Image side in pixels.')
   flags.DEFINE_integer('patch_size', 4, 'ViT patch side.')
   flags.DEFINE_integer('width', 64, 'Hidden width of both towers.')
@@ -291,9 +294,18 @@ def evaluate(directory: str, start: int, count: int) -> Dict[str, float]:
 
 # ----------------------------------------------------------------------------- main
 
+def _check_disjoint(pool_start: int, pool_size: int, eval_start: int, eval_examples: int):
+  """Refuse a synthetic training pool that holds held-out examples: the evaluation would be of
+  examples the model trained on."""
+  if pool_start < eval_start + eval_examples and eval_start < pool_start + pool_size:
+    raise ValueError(f'The training pool [{pool_start}, {pool_start + pool_size}) overlaps the '
+                     f'held-out examples [{eval_start}, {eval_start + eval_examples}); move '
+                     '--pool_start or --eval_start.')
+
+
 def train(output_dir: str, *, steps: int, batch_size: int, learning_rate: float,
           weight_decay: float = 0.05, warmup_steps: int = 100, captions_file: Optional[str] = None,
-          pool_size: int = 20000, image_size: int = 32, patch_size: int = 4, width: int = 64,
+          pool_size: int = 20000, pool_start: int = 0, image_size: int = 32, patch_size: int = 4, width: int = 64,
           layers: int = 2, projection_dim: int = 64, max_length: int = 32, log_every: int = 100,
           eval_examples: int = 1000, eval_start: int = 1_000_000,
           seed: int = 0) -> Dict[str, object]:
@@ -302,7 +314,9 @@ def train(output_dir: str, *, steps: int, batch_size: int, learning_rate: float,
   if captions_file:
     images, captions = file_pairs(captions_file, image_size)
   else:
-    images, captions, _ = synthetic_pairs(0, min(pool_size, steps * batch_size), image_size)
+    pool_size = min(pool_size, steps * batch_size)
+    _check_disjoint(pool_start, pool_size, eval_start, eval_examples)
+    images, captions, _ = synthetic_pairs(pool_start, pool_size, image_size)
   tokenizer = build_tokenizer(captions, max_length)
   ids, mask = encode_texts(tokenizer, captions, max_length)
   config = clip_config(tokenizer, image_size, patch_size, width, layers, projection_dim,
@@ -345,7 +359,8 @@ def train(output_dir: str, *, steps: int, batch_size: int, learning_rate: float,
                  temperature=float(final['temperature']), train_seconds=train_seconds,
                  eval_seconds=time.time() - eval_start_time,
                  total_seconds=time.time() - start_time, training_pairs=len(captions),
-                 source=captions_file or 'synthetic', parameters=int(sum(
+                 source=captions_file or 'synthetic', seed=seed,
+                 pool_start=None if captions_file else pool_start, parameters=int(sum(
                      x.size for x in jax.tree.leaves(params['clip']))))
   with open(os.path.join(output_dir, 'metrics.json'), 'w', encoding='utf-8') as f:
     json.dump(results, f, indent=2)
@@ -361,8 +376,8 @@ def main(argv):
       FLAGS.output_dir, steps=FLAGS.steps, batch_size=FLAGS.batch_size,
       learning_rate=FLAGS.learning_rate, weight_decay=FLAGS.weight_decay,
       warmup_steps=FLAGS.warmup_steps, captions_file=FLAGS.captions_file,
-      pool_size=FLAGS.pool_size, image_size=FLAGS.image_size, patch_size=FLAGS.patch_size,
-      width=FLAGS.width, layers=FLAGS.layers, projection_dim=FLAGS.projection_dim,
+      pool_size=FLAGS.pool_size, pool_start=FLAGS.pool_start, image_size=FLAGS.image_size,
+      patch_size=FLAGS.patch_size, width=FLAGS.width, layers=FLAGS.layers, projection_dim=FLAGS.projection_dim,
       max_length=FLAGS.max_length, log_every=FLAGS.log_every,
       eval_examples=FLAGS.eval_examples, eval_start=FLAGS.eval_start, seed=FLAGS.seed)
   print(json.dumps(metrics, indent=2))

@@ -18,14 +18,17 @@ from cm3leon_jax.evaluation.statistics import FeatureStatistics
 def fd_clip_report(clip: ClipMetrics, reference: np.ndarray, floor: np.ndarray,
                    samples: Dict[str, np.ndarray],
                    captions: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
-  """{name: {'fd_clip': ..., 'clip_score': ...}} for each set of `samples`, and 'real' (the
-  `floor` images against the `reference` images: both real, disjoint, of the same count).
+  """{name: {'fd_clip': ..., 'clip_score': ...}} for each set of `samples`, and 'real': what a
+  perfect model would reach, its FD-CLIP that of the `floor` images against the `reference` ones
+  (both real, disjoint, of the same count), its CLIP score that of the reference images with
+  their own captions.
 
   Args:
     clip: the measuring CLIP (not the one that retrieved or re-ranked the samples).
     reference, floor: uint8 real images [N, H, W, 3], two disjoint sets.
     samples: name -> uint8 generated images [N, H, W, 3], the same count as `reference`.
-    captions: the caption of each sample (row i of every set), for the CLIP score.
+    captions: the caption of each sample (row i of every set) and of reference image i, for the
+      CLIP score.
 
   Raises:
     ValueError: a set whose count differs from the reference's (the distances would not
@@ -36,13 +39,15 @@ def fd_clip_report(clip: ClipMetrics, reference: np.ndarray, floor: np.ndarray,
   wrong = {name: len(images) for name, images in sets.items() if len(images) != count}
   if wrong:
     raise ValueError(f'Every set must hold {count} images, as the reference does; got {wrong}.')
-  reference_stats = FeatureStatistics.of(clip.image_features(reference))
+  reference_features = clip.image_features(reference)
+  reference_stats = FeatureStatistics.of(reference_features)
   report = {}
   for name, images in sets.items():
     features = clip.image_features(images)
     stats = FeatureStatistics.of(features)
     report[name] = {'fd_clip': distances.frechet_distance_eigh(
         stats.mu, stats.sigma, reference_stats.mu, reference_stats.sigma)}
-    if captions is not None and name != 'real':
-      report[name]['clip_score'] = float(np.mean(clip.clip_scores(features, captions)))
+    if captions is not None:
+      scored = reference_features if name == 'real' else features
+      report[name]['clip_score'] = float(np.mean(clip.clip_scores(scored, captions)))
   return report

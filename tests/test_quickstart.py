@@ -44,6 +44,22 @@ def test_quickstart_main_job_end_to_end_on_tiny_settings(tiny_quickstart):
 
 
 @pytest.mark.slow
+def test_quickstart_reports_fd_clip_of_four_sets_measured_by_a_second_clip(tiny_quickstart):
+  fd = json.loads((tiny_quickstart / 'report.json').read_text())['samples']['fd_clip']
+  assert fd['images_per_set'] == 8
+  sets = ('real', 'with_cfg', 'without_cfg', 'unconditional')
+  assert all(np.isfinite([fd[name]['fd_clip'], fd[name]['clip_score']]).all() for name in sets)
+  # Two real sets are nearer each other than a 20-step model's samples are to real images.
+  assert fd['real']['fd_clip'] < min(fd[name]['fd_clip'] for name in sets[1:])
+  # The measuring CLIP is another model from the retriever, trained on other examples.
+  retriever, measuring = (json.loads((tiny_quickstart / name / 'metrics.json').read_text())
+                          for name in ('clip', 'measuring_clip'))
+  assert fd['measuring_clip'] == str(tiny_quickstart / 'measuring_clip')
+  assert (retriever['seed'], measuring['seed']) == (0, 1)
+  assert retriever['pool_start'] + retriever['training_pairs'] <= measuring['pool_start']
+
+
+@pytest.mark.slow
 def test_generate_tool_draws_the_same_grid_from_the_run_and_its_export(tiny_quickstart, tmp_path):
   grid = tmp_path / 'grid.png'
   run_tool(['tools/generate.py', f'--checkpoint={tiny_quickstart / "model"}',

@@ -7,12 +7,15 @@ Stages (each is skipped when its output already exists, so running again resumes
   1. a 128-piece BPE text vocabulary on synthetic captions       <workdir>/data/text.model
   2. the tiny VQ-GAN image tokenizer (gin/vqgan/tiny.gin)         <workdir>/image_tokenizer/
   3. a small CLIP, the frozen retriever (tools/train_clip.py)     <workdir>/clip/
+     and a second CLIP that only measures, trained with another seed on other examples
+                                                                  <workdir>/measuring_clip/
   4. Beam preprocessing of the train and validation pairs         <workdir>/data/synthetic/
   5. Beam retrieval: the train split's index            <workdir>/data/synthetic/train/index
      and two neighbours per train and validation document        <workdir>/data/synthetic_retrieved/
   6. training with gin/quickstart.gin (resumes from checkpoints)  <workdir>/model/
   7. samples: held-out captions drawn with and without classifier-free guidance, held-out images
-     captioned, all judged by the synthetic judge                 <workdir>/samples.png, .json
+     captioned, all judged by the synthetic judge; FD-CLIP and CLIP score of the samples, of
+     unconditional samples and of real images, at the same count  <workdir>/samples.png, .json
   8. the report: validation loss against the unigram baseline, the loss curve as a PNG, the
      judged samples, and <workdir>/report.json
 """
@@ -51,9 +54,9 @@ _BASELINE_BATCHES = flags.DEFINE_integer('baseline_batches', 100,
 
 # Bumped when the stages change what they write: a workdir from another version is cleared of
 # stage outputs (only those) rather than resumed into a mix of old and new.
-VERSION = 3
-_STAGE_OUTPUTS = ('data', 'image_tokenizer', 'clip', 'model', 'report.json', 'loss_curve.png',
-                  'samples.png', 'samples.json')
+VERSION = 4
+_STAGE_OUTPUTS = ('data', 'image_tokenizer', 'clip', 'measuring_clip', 'model', 'report.json',
+                  'loss_curve.png', 'samples.png', 'samples.json')
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -101,13 +104,25 @@ def image_tokenizer(workdir: str) -> str:
   return folder
 
 
-def clip(workdir: str) -> str:
-  output = os.path.join(workdir, 'clip')
+# The measuring CLIP trains on synthetic examples from here on: none of them is a training,
+# validation or held-out example of the quickstart, nor one the retriever trained on.
+MEASURING_CLIP_POOL_START = 5_000_000
+
+
+def clip(workdir: str, name: str = 'clip', seed: int = 0, pool_start: int = 0) -> str:
+  """A CLIP trained by tools/train_clip.py into <workdir>/<name>."""
+  output = os.path.join(workdir, name)
   if not os.path.exists(os.path.join(output, 'metrics.json')):
     _run([sys.executable, '-m', 'cm3leon_jax.cli.train_clip', f'--output_dir={output}',
           f'--steps={_CLIP_STEPS.value}', f'--pool_size={_TRAIN_DOCUMENTS.value}',
-          '--eval_examples=500'])
+          f'--pool_start={pool_start}', f'--seed={seed}', '--eval_examples=500'])
   return output
+
+
+def measuring_clip(workdir: str) -> str:
+  """The CLIP of the FD-CLIP report: not the retriever, or the metric would reward samples for
+  resembling what the retriever chose."""
+  return clip(workdir, 'measuring_clip', seed=1, pool_start=MEASURING_CLIP_POOL_START)
 
 
 def store(workdir: str, text: str, image: str, clip_dir: str) -> str:
@@ -168,8 +183,9 @@ def unigram_baseline(workdir: str) -> float:
   return unigram.unigram_loss(counts, validation.as_numpy_iterator())
 
 
-def sample_and_judge(workdir: str, model_dir: str) -> dict:
-  """Draw held-out captions with and without CFG and caption held-out images; judge both."""
+def sample_and_judge(workdir: str, model_dir: str, clip_dir: str) -> dict:
+  """Draw held-out captions with and without CFG and caption held-out images; judge both, and
+  measure the samples' FD-CLIP and CLIP score with the CLIP in `clip_dir`."""
   import dataclasses  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from cm3leon_jax.decoding import DecodingConfig  # pylint: disable=g-import-not-at-top
@@ -201,7 +217,28 @@ def sample_and_judge(workdir: str, model_dir: str) -> dict:
   return {'held_out_examples': len(examples), 'guidance_scale': _GUIDANCE_SCALE.value,
           'text_to_image_with_cfg': with_cfg, 'text_to_image_without_cfg': without_cfg,
           'cfg_minus_no_cfg': cfg_gain,
-          'captioning': captioning, 'samples_grid': grid_path}
+          'captioning': captioning, 'samples_grid': grid_path,
+          'fd_clip': fd_clip(pretrained, clip_dir, examples,
+                             {'with_cfg': images, 'without_cfg': unguided}, sampling)}
+
+
+def fd_clip(pretrained, clip_dir: str, examples, samples: dict, sampling) -> dict:
+  """FD-CLIP and CLIP score of `samples` (name -> images, row i drawn from the caption of
+  `examples[i]`) and of as many unconditional samples, against the real images of `examples`;
+  the floor is as many other real held-out images."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.decoding import generation  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from cm3leon_jax.evaluation import clip_metrics, fd_clip_report, synthetic_eval
+  count = len(examples)
+  unconditional, _ = generation.unconditional_images(pretrained, count, sampling)
+  floor = synthetic_eval.held_out_examples(count, pretrained.image_tokenizer.config.resolution,
+                                           start=synthetic_eval.HELD_OUT_START + count)
+  report = fd_clip_report.fd_clip_report(
+      clip_metrics.ClipMetrics(clip_dir), np.stack([e.image for e in examples]),
+      np.stack([e.image for e in floor]), {**samples, 'unconditional': unconditional},
+      [e.caption for e in examples])
+  return {'images_per_set': count, 'measuring_clip': clip_dir, **report}
 
 
 def report(workdir: str, model_dir: str, baseline: float, seconds: float,
@@ -238,8 +275,9 @@ def main(argv):
   text = text_vocabulary(workdir)
   _stage(2, f'the image tokenizer ({_TOKENIZER_STEPS.value} steps)')
   image = image_tokenizer(workdir)
-  _stage(3, f'the CLIP retriever ({_CLIP_STEPS.value} steps)')
+  _stage(3, f'the CLIP retriever and the measuring CLIP ({_CLIP_STEPS.value} steps each)')
   clip_dir = clip(workdir)
+  measuring_dir = measuring_clip(workdir)
   _stage(4, 'Beam preprocessing of the train and validation pairs into the store')
   store_dir = store(workdir, text, image, clip_dir)
   _stage(5, 'the memory-bank index and two retrieved neighbours per document')
@@ -247,7 +285,7 @@ def main(argv):
   _stage(6, 'training with gin/quickstart.gin')
   model_dir = train(workdir)
   _stage(7, f'sampling and judging {_JUDGED_EXAMPLES.value} held-out examples')
-  judged = sample_and_judge(workdir, model_dir)
+  judged = sample_and_judge(workdir, model_dir, measuring_dir)
   _stage(8, 'the report (unigram baseline, loss curve)')
   summary = report(workdir, model_dir, unigram_baseline(workdir), time.perf_counter() - start,
                    retrieved_dir, judged)
@@ -273,9 +311,16 @@ def describe_samples(judged: dict) -> str:
                                      'caption_score_chance', '.3f')):
     rates.append(f'{label} {guided[key]:{style}} with CFG, {unguided[key]:{style}} without, '
                  f'{guided[chance]:{style}} by chance')
-  captioning = judged['captioning']
+  captioning, fd = judged['captioning'], judged['fd_clip']
+  sets = (('real', 'real images'), ('with_cfg', 'CFG'), ('without_cfg', 'no CFG'),
+          ('unconditional', 'unconditional'))
+  distances = ', '.join(f"{label} {fd[name]['fd_clip']:.2f}" for name, label in sets)
+  scores = ', '.join(f"{label} {fd[name]['clip_score']:.2f}" for name, label in sets)
   return (f"Samples ({judged['samples_grid']}): {'; '.join(rates)}. Captions name the image's "
-          f"main object: {captioning['main_object']:.1%} (chance {captioning['chance']:.1%}).")
+          f"main object: {captioning['main_object']:.1%} (chance {captioning['chance']:.1%}). "
+          f"FD-CLIP on {fd['images_per_set']} images per set (lower is nearer real images; real "
+          f"images: two disjoint real sets): {distances}. CLIP score with the captions: "
+          f"{scores}.")
 
 
 def run():

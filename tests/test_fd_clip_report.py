@@ -37,6 +37,9 @@ def test_real_images_are_nearer_the_reference_than_noise_and_flat_images(clip):
   # A set equal to the reference is at distance 0 and scores as the reference with its captions.
   copy = fd_clip_report(clip, reference, floor, {'copy': reference.copy()}, captions)
   assert copy['copy']['fd_clip'] == pytest.approx(0, abs=1e-6)
+  assert copy['copy']['mean_term'] == pytest.approx(0, abs=1e-9)
+  # The mean term is part of the distance: the covariance term is a squared distance, >= 0.
+  assert all(0 < report[name]['mean_term'] <= report[name]['fd_clip'] for name in report)
   assert copy['real']['clip_score'] == pytest.approx(copy['copy']['clip_score'], rel=1e-6)
   assert copy['real']['clip_score'] != pytest.approx(report['noise']['clip_score'], rel=1e-3)
   with pytest.raises(ValueError, match='must hold 48 images'):

@@ -47,7 +47,8 @@ def test_quickstart_main_job_end_to_end_on_tiny_settings(tiny_quickstart):
 def test_quickstart_reports_fd_clip_of_four_sets_measured_by_a_second_clip(tiny_quickstart):
   fd = json.loads((tiny_quickstart / 'report.json').read_text())['samples']['fd_clip']
   assert fd['images_per_set'] == 8
-  sets = ('real', 'with_cfg', 'without_cfg', 'unconditional')
+  # The report's scale (5) and the default further scales measured by FD-CLIP alone.
+  sets = ('real', 'with_cfg', 'without_cfg', 'unconditional', 'cfg_1.5', 'cfg_3')
   assert all(np.isfinite([fd[name]['fd_clip'], fd[name]['clip_score']]).all() for name in sets)
   # Two real sets are nearer each other than a 20-step model's samples are to real images.
   assert fd['real']['fd_clip'] < min(fd[name]['fd_clip'] for name in sets[1:])

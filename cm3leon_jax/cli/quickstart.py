@@ -46,6 +46,9 @@ _JUDGED_EXAMPLES = flags.DEFINE_integer(
     'report.')
 _GUIDANCE_SCALE = flags.DEFINE_float('guidance_scale', 5.0, 'Classifier-free guidance scale of '
                                      'the report\'s samples.')
+_FD_CLIP_SCALES = flags.DEFINE_multi_float(
+    'fd_clip_guidance_scale', [1.5, 3.0], 'Further guidance scales whose samples are measured by '
+    'FD-CLIP and CLIP score only (FD-CLIP is U-shaped in the scale).')
 _GIN_BINDINGS = flags.DEFINE_multi_string('gin_bindings', [],
                                           'Extra bindings for the training run.')
 _BASELINE_BATCHES = flags.DEFINE_integer('baseline_batches', 100,
@@ -224,20 +227,26 @@ def sample_and_judge(workdir: str, model_dir: str, clip_dir: str) -> dict:
 
 def fd_clip(pretrained, clip_dir: str, examples, samples: dict, sampling) -> dict:
   """FD-CLIP and CLIP score of `samples` (name -> images, row i drawn from the caption of
-  `examples[i]`) and of as many unconditional samples, against the real images of `examples`;
-  the floor is as many other real held-out images."""
+  `examples[i]`), of as many samples at each --fd_clip_guidance_scale (named 'cfg_<scale>') and
+  of as many unconditional samples, against the real images of `examples`; the floor is as many
+  other real held-out images."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from cm3leon_jax.decoding import generation  # pylint: disable=g-import-not-at-top
   # pylint: disable-next=g-import-not-at-top
   from cm3leon_jax.evaluation import clip_metrics, fd_clip_report, synthetic_eval
-  count = len(examples)
-  unconditional, _ = generation.unconditional_images(pretrained, count, sampling)
+  count, captions = len(examples), [e.caption for e in examples]
+  samples = dict(samples)
+  for scale in _FD_CLIP_SCALES.value:
+    guided = dataclasses.replace(sampling, guidance_scale=scale)
+    samples[f'cfg_{scale:g}'] = synthetic_eval.evaluate_text_to_image(pretrained, captions,
+                                                                      guided)[1]
+  samples['unconditional'] = generation.unconditional_images(pretrained, count, sampling)[0]
   floor = synthetic_eval.held_out_examples(count, pretrained.image_tokenizer.config.resolution,
                                            start=synthetic_eval.HELD_OUT_START + count)
   report = fd_clip_report.fd_clip_report(
       clip_metrics.ClipMetrics(clip_dir), np.stack([e.image for e in examples]),
-      np.stack([e.image for e in floor]), {**samples, 'unconditional': unconditional},
-      [e.caption for e in examples])
+      np.stack([e.image for e in floor]), samples, captions)
   return {'images_per_set': count, 'measuring_clip': clip_dir, **report}
 
 
@@ -312,8 +321,10 @@ def describe_samples(judged: dict) -> str:
     rates.append(f'{label} {guided[key]:{style}} with CFG, {unguided[key]:{style}} without, '
                  f'{guided[chance]:{style}} by chance')
   captioning, fd = judged['captioning'], judged['fd_clip']
-  sets = (('real', 'real images'), ('with_cfg', 'CFG'), ('without_cfg', 'no CFG'),
+  sets = (('real', 'real images'), ('with_cfg', f"CFG {judged['guidance_scale']:g}"),
+          ('without_cfg', 'no CFG'),
           ('unconditional', 'unconditional'))
+  sets += tuple((name, f'CFG {name[4:]}') for name in fd if name.startswith('cfg_'))
   distances = ', '.join(f"{label} {fd[name]['fd_clip']:.2f}" for name, label in sets)
   scores = ', '.join(f"{label} {fd[name]['clip_score']:.2f}" for name, label in sets)
   return (f"Samples ({judged['samples_grid']}): {'; '.join(rates)}. Captions name the image's "

@@ -18,10 +18,12 @@ from cm3leon_jax.evaluation.statistics import FeatureStatistics
 def fd_clip_report(clip: ClipMetrics, reference: np.ndarray, floor: np.ndarray,
                    samples: Dict[str, np.ndarray],
                    captions: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
-  """{name: {'fd_clip': ..., 'clip_score': ...}} for each set of `samples`, and 'real': what a
+  """{name: {'fd_clip', 'mean_term', 'clip_score'}} for each set of `samples`, and 'real': what a
   perfect model would reach, its FD-CLIP that of the `floor` images against the `reference` ones
   (both real, disjoint, of the same count), its CLIP score that of the reference images with
-  their own captions.
+  their own captions. 'mean_term' is the part of FD-CLIP due to the means alone,
+  ||mu - mu_reference||^2 (the rest compares the covariances): it tells a set whose average
+  image drifted from one whose spread is wrong.
 
   Args:
     clip: the measuring CLIP (not the one that retrieved or re-ranked the samples).
@@ -45,8 +47,10 @@ def fd_clip_report(clip: ClipMetrics, reference: np.ndarray, floor: np.ndarray,
   for name, images in sets.items():
     features = clip.image_features(images)
     stats = FeatureStatistics.of(features)
-    report[name] = {'fd_clip': distances.frechet_distance_eigh(
-        stats.mu, stats.sigma, reference_stats.mu, reference_stats.sigma)}
+    distance = distances.frechet_distance_eigh(stats.mu, stats.sigma, reference_stats.mu,
+                                               reference_stats.sigma)
+    report[name] = {'fd_clip': distance,
+                    'mean_term': float(np.sum((stats.mu - reference_stats.mu) ** 2))}
     if captions is not None:
       scored = reference_features if name == 'real' else features
       report[name]['clip_score'] = float(np.mean(clip.clip_scores(scored, captions)))

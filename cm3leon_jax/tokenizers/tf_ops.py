@@ -8,9 +8,13 @@ import tensorflow as tf
 
 def encode_tf(encode: Callable[[str], Sequence[int]], text: tf.Tensor) -> tf.Tensor:
   """[None] int32 ids of a scalar string tensor, through a Python `encode`."""
-  # numpy_function hands the scalar over as a 0-d object array holding bytes.
-  encode_bytes = lambda s: np.asarray(encode(s.item().decode('utf-8')), np.int32)
-  ids = tf.numpy_function(encode_bytes, [text], tf.int32)
+  # numpy_function hands a string tensor over as a 0-d array holding bytes (a Python str given
+  # eagerly arrives as str).
+  def encode_scalar(s):
+    value = s.item()
+    return np.asarray(encode(value.decode('utf-8') if isinstance(value, bytes) else value),
+                      np.int32)
+  ids = tf.numpy_function(encode_scalar, [text], tf.int32)
   return tf.ensure_shape(ids, [None])
 
 

@@ -32,8 +32,13 @@ class ToyVocabulary:
   def sentinel_id(self, index):
     return 24 + index
 
+  image_open_id = image_close_id = break_id
+
   def is_image(self, ids):
     return (ids >= self.first_image_id) & (ids < self.first_image_id + self.num_image_codes)
+
+  def is_text(self, ids):
+    return (np.asarray(ids) >= 0) & (np.asarray(ids) < self.num_text)
 
 
 VOCAB = ToyVocabulary()

@@ -96,7 +96,7 @@ def _texts(pretrained: Pretrained, tokens: np.ndarray) -> List[List[str]]:
   for row in tokens:
     texts = []
     for sample in row:
-      stop = np.flatnonzero(sample >= vocab.num_text)
+      stop = np.flatnonzero(~vocab.is_text(sample))
       texts.append(vocab.text_vocabulary.decode(sample[:stop[0] if stop.size else None].tolist()))
     out.append(texts)
   return out

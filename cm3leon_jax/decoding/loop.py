@@ -96,8 +96,10 @@ class DecodingConfig:
     tokens_per_image: N codes per image; None turns modality control off.
     generate_images: with modality control, whether image spans may be generated (text-to-image);
       False forbids image codes in the output.
-    image_open_id: the token starting an image span; None means the vocabulary's <break>.
-    image_close_id: the token closing it after N codes; None means <break>.
+    image_open_id: the token starting an image span; None means the vocabulary's
+      (`image_open_id`: <break>, or Chameleon's <racm3:break>).
+    image_close_id: the token closing it after N codes; None means the vocabulary's
+      (`image_close_id`: <break>, or Chameleon's <eoss>).
     uncond_mask_id: the token that replaces each text run in the unconditional stream; None means
       <mask> (see ``decoding.unconditional_prompt``).
     seed: seeds the jax PRNG key of all draws.

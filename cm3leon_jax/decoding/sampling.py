@@ -71,7 +71,7 @@ def unconditional_prompt(prompt: Sequence[int], vocab, mask_images: bool = False
   out: List[int] = []
   previous = None
   for token in prompt:
-    kind = 'text' if token < vocab.num_text else 'image' if vocab.is_image(token) else 'special'
+    kind = 'text' if vocab.is_text(token) else 'image' if vocab.is_image(token) else 'special'
     masked = kind == 'text' or (mask_images and kind == 'image')
     if not masked:
       out.append(token)
@@ -88,8 +88,8 @@ def image_spans(config: DecodingConfig, vocab) -> Optional[ImageSpans]:
   if vocab is None:
     raise DecodingError('DecodingConfig.tokens_per_image needs the vocabulary (its image ids and '
                         '<break>); pass vocab=.')
-  open_id, close_id = (vocab.break_id if value is None else value
-                       for value in (config.image_open_id, config.image_close_id))
+  open_id = vocab.image_open_id if config.image_open_id is None else config.image_open_id
+  close_id = vocab.image_close_id if config.image_close_id is None else config.image_close_id
   spans = ImageSpans(config.tokens_per_image, vocab.first_image_id, vocab.num_image_codes,
                      open_id, close_id, config.generate_images)
   for name in ('open_id', 'close_id'):

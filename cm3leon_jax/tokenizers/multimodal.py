@@ -165,6 +165,21 @@ class MultimodalVocabulary(seqio.Vocabulary):
     """Boolean mask of image token ids (numpy or jax arrays)."""
     return (ids >= self.first_image_id) & (ids < self.first_image_id + self.num_image_codes)
 
+  def is_text(self, ids) -> np.ndarray:
+    """Boolean mask of text token ids: the text vocabulary's own ids."""
+    ids = np.asarray(ids)
+    return (ids >= 0) & (ids < self.num_text)
+
+  @property
+  def image_open_id(self) -> int:
+    """The token before an image's codes: <break>."""
+    return self.break_id
+
+  @property
+  def image_close_id(self) -> int:
+    """The token after an image's codes: <break> (text follows an image after one)."""
+    return self.break_id
+
   def token_name(self, token_id: int) -> str:
     """A readable name for a non-text id: '<break>', '<img:17>', '<unused:5>'."""
     if self.num_text <= token_id < self.first_image_id:

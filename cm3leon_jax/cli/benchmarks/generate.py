@@ -257,9 +257,13 @@ class ImageVocabulary:
     self.first_image_id = size - num_image_codes
     self.num_text = self.first_image_id - 2
     self.mask_id, self.break_id = self.num_text, self.num_text + 1
+    self.image_open_id = self.image_close_id = self.break_id
 
   def is_image(self, token: int) -> bool:
     return self.first_image_id <= token < self.vocab_size
+
+  def is_text(self, token: int) -> bool:
+    return 0 <= token < self.num_text
 
 
 def cfg_image_rate(fields: dict, dtype: str, images: int, tokens_per_image: int, repeats: int,

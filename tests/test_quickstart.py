@@ -22,7 +22,8 @@ def tiny_quickstart(tmp_path_factory):
               '--baseline_batches=10', '--judged_examples=8', '--gin_bindings=TRAIN_STEPS=20',
               '--gin_bindings=train.train.log_every=10',
               # One pass of the 300 documents fills the shuffle buffer (the default holds 10,000).
-              '--gin_bindings=register_store_task.shuffle_buffer_size=300'],
+              '--gin_bindings=register_store_task.shuffle_buffer_size=300',
+              '--fd_clip_guidance_scale=3'],
              env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=1200)
 
   return pathlib.Path(shared_data.cached_folder(tmp_path_factory, 'tiny_quickstart', build))
@@ -47,8 +48,8 @@ def test_quickstart_main_job_end_to_end_on_tiny_settings(tiny_quickstart):
 def test_quickstart_reports_fd_clip_of_four_sets_measured_by_a_second_clip(tiny_quickstart):
   fd = json.loads((tiny_quickstart / 'report.json').read_text())['samples']['fd_clip']
   assert fd['images_per_set'] == 8
-  # The report's scale (5) and the default further scales measured by FD-CLIP alone.
-  sets = ('real', 'with_cfg', 'without_cfg', 'unconditional', 'cfg_1.5', 'cfg_3')
+  # The report's scale (5) and the further scale measured by FD-CLIP alone.
+  sets = ('real', 'with_cfg', 'without_cfg', 'unconditional', 'cfg_3')
   assert all(np.isfinite([fd[name]['fd_clip'], fd[name]['clip_score']]).all() for name in sets)
   # Two real sets are nearer each other than a 20-step model's samples are to real images.
   assert fd['real']['fd_clip'] < min(fd[name]['fd_clip'] for name in sets[1:])

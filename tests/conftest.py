@@ -79,20 +79,9 @@ def synthetic_data_dir(tmp_path_factory, shared_tokenizers):
   return shared_data.cached_folder(tmp_path_factory, 'synthetic_data', build)
 
 
-# The longest files (by `make test --durations`), in that order; they start before the rest.
-_LONGEST_FILES = ('test_quickstart.py', 'test_train.py', 'test_eval_fid.py')
-
-
 def pytest_collection_modifyitems(items):
-  """The longest files run first, then the other files that hold slow tests. `make test` hands
-  each file to one xdist worker as a unit (its fixtures are then built once, with no worker
-  waiting on another's build); starting the longest units first keeps both workers busy to the
-  end."""
+  """Files that hold slow tests run first. `make test` hands each file to one xdist worker as a
+  unit (its fixtures are then built once, with no worker waiting on another's build); starting
+  the longest units first keeps both workers busy to the end."""
   slow_files = {item.path for item in items if item.get_closest_marker('slow')}
-
-  def rank(item):
-    name = item.path.name
-    longest = _LONGEST_FILES.index(name) if name in _LONGEST_FILES else len(_LONGEST_FILES)
-    return longest, item.path not in slow_files
-
-  items.sort(key=rank)  # Stable: the order within a file stays.
+  items.sort(key=lambda item: item.path not in slow_files)  # Stable: the order within a file stays.

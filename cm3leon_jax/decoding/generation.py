@@ -51,7 +51,8 @@ def text_to_image(pretrained: Pretrained, captions: Sequence[str], config: Decod
     if not caption or not caption.strip():
       raise DecodingError(f'Caption {i} is empty; text-to-image needs a caption.')
     prefix = list(prefixes[i]) if prefixes is not None else []
-    prompts.append(prefix + list(vocab.text_vocabulary.encode(caption)) + [vocab.break_id])
+    prompts.append(list(vocab.sequence_start_ids) + prefix +
+                   list(vocab.text_vocabulary.encode(caption)) + [vocab.image_open_id])
   return _images_after(pretrained, prompts, config)
 
 

@@ -12,7 +12,8 @@ starts, so that its folder alone is enough to sample from::
 ``Pretrained.load(model_dir)`` restores the newest checkpoint's parameters (not the optimizer).
 It also loads folders written by ``export.export_model``, whose model.json adds
 ``"weights": {"format": "cm3leon" | "chameleon", "dtype": ...}`` (transformers' OPT or Chameleon
-layout beside it) and names the image tokenizer relative to the folder.
+layout beside it) and names the image tokenizer relative to the folder, and Chameleon-family
+checkpoints as released in transformers' layout (``decoding/chameleon_folder.py``).
 """
 
 import dataclasses
@@ -29,6 +30,7 @@ from jax.sharding import Mesh
 from cm3leon_jax import partitioning
 from cm3leon_jax.training import checkpoints
 from cm3leon_jax.data import objective
+from cm3leon_jax.decoding import chameleon_folder
 from cm3leon_jax.interop import hf_chameleon, hf_opt
 from cm3leon_jax.interop.layers_tree import unstack_layers
 from cm3leon_jax.models.config import DecoderConfig
@@ -99,7 +101,8 @@ class Pretrained:
 
   @classmethod
   def load(cls, model_dir: str, image_tokenizer: Optional[str] = None,
-           unroll_layers: bool = True, mesh: Optional[Mesh] = None) -> 'Pretrained':
+           unroll_layers: bool = True, mesh: Optional[Mesh] = None,
+           dtype: str = 'bfloat16') -> 'Pretrained':
     """The newest checkpoint of a training run, or an exported model folder.
 
     Args:
@@ -112,12 +115,17 @@ class Pretrained:
       mesh: lay the parameters out over this device mesh by their logical axes (fsdp, tensor),
         as training does; a checkpoint is restored straight into that layout. Decoding then runs
         sharded. None: everything on this process's first device.
+      dtype: a Chameleon folder's parameter and compute dtype (its weights are bf16; float32
+        for exact comparisons). Runs and exported folders keep the dtypes they were saved with.
     """
     spec_path = os.path.join(model_dir, MODEL_FILE)
+    if not os.path.exists(spec_path) and chameleon_folder.is_chameleon_folder(model_dir):
+      return cls._load_chameleon(model_dir, image_tokenizer, unroll_layers, mesh, dtype)
     if not os.path.exists(spec_path):
       raise PretrainedError(f'{model_dir} has no {MODEL_FILE}: it is neither a training run folder '
-                            'of this version (python -m cm3leon_jax.train writes it) nor an '
-                            'exported model (tools/export.py).')
+                            'of this version (python -m cm3leon_jax.train writes it), an '
+                            'exported model (tools/export.py) nor a Chameleon checkpoint in '
+                            'transformers\' layout.')
     with open(spec_path, encoding='utf-8') as f:
       spec = json.load(f)
     stored = _decoder_config(spec['model_config'])
@@ -140,6 +148,21 @@ class Pretrained:
       named = os.path.join(model_dir, named)
     return cls(model, params, vocab, cm3, image_tokenizer or named, model_dir)
 
+  @classmethod
+  def _load_chameleon(cls, folder: str, image_tokenizer: Optional[str], unroll_layers: bool,
+                      mesh: Optional[Mesh], dtype: str) -> 'Pretrained':
+    """A Chameleon-family folder in transformers' layout (see chameleon_folder)."""
+    vocab = chameleon_folder.load_vocabulary(folder)
+    overrides = dict(dtype=dtype, param_dtype=dtype)
+    if unroll_layers:
+      overrides['scan_layers'] = False
+    config, params = chameleon_folder.load_decoder(folder, vocab, **overrides)
+    chameleon_folder.check_decoder_fits(config, vocab, folder)
+    model = Decoder(config)
+    params = jax.device_put(params, _placement(model, mesh))
+    return cls(model, params, vocab, objective.CM3Config(),
+               image_tokenizer or chameleon_folder.image_tokenizer_folder(folder), folder)
+
   @property
   def image_tokenizer(self):
     """The ImageTokenizer (loaded on first use); PretrainedError when the run names none."""
@@ -148,9 +171,9 @@ class Pretrained:
       if not path or not os.path.exists(path):
         raise PretrainedError(
             f'{self.model_dir} names no image tokenizer that exists ({path!r}); images cannot be '
-            'encoded or decoded. Give the tokenizer folder (e.g. --image_tokenizer=...).')
-      from cm3leon_jax.tokenizers.image import ImageTokenizer  # pylint: disable=g-import-not-at-top
-      self._image_tokenizer = ImageTokenizer.load(path)
+            'encoded or decoded. Give the tokenizer folder (e.g. --image_tokenizer=...: one '
+            'saved here, or Meta\'s vqgan.ckpt + vqgan.yaml).')
+      self._image_tokenizer = chameleon_folder.load_image_tokenizer(path)
     return self._image_tokenizer
 
   @property

@@ -230,6 +230,11 @@ class ChameleonVocabulary(seqio.Vocabulary):
     return self._ids[END_IMAGE]
 
   @property
+  def sequence_start_ids(self) -> tuple:
+    """What a prompt starts with: <s>."""
+    return (self.bos_id,)
+
+  @property
   def image_open_id(self) -> int:
     return self.break_id
 

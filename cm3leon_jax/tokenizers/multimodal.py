@@ -171,6 +171,11 @@ class MultimodalVocabulary(seqio.Vocabulary):
     return (ids >= 0) & (ids < self.num_text)
 
   @property
+  def sequence_start_ids(self) -> tuple:
+    """What a prompt starts with: nothing (documents have no begin-of-sequence token)."""
+    return ()
+
+  @property
   def image_open_id(self) -> int:
     """The token before an image's codes: <break>."""
     return self.break_id

@@ -1,0 +1,81 @@
+"""A Chameleon-family checkpoint folder in transformers' layout (Chameleon, Anole, ...), loaded as
+everything sampling needs::
+
+  folder/config.json               model_type "chameleon", its vocabulary_map and vq_config
+  folder/model.safetensors         (or shards with an index) the decoder, and the VQ-GAN's
+                                   encoder under model.vqmodel.*
+  folder/tokenizer.json            text, special and image tokens in one file
+
+transformers keeps only the VQ-GAN's encoder, so images are decoded by Meta's release files
+``vqgan.ckpt`` + ``vqgan.yaml``: put them in ``folder/tokenizer/`` (as Meta's release lays them
+out) or name their folder as the image tokenizer.
+"""
+
+import os
+from typing import Optional
+
+from cm3leon_jax.interop import hf_chameleon, hf_chameleon_vqvae
+from cm3leon_jax.interop.checkpoint_files import CONFIG, read_config
+from cm3leon_jax.interop.meta_tokenizer import load_meta_tokenizer
+from cm3leon_jax.models.config import DecoderConfig
+from cm3leon_jax.tokenizers.chameleon import ChameleonVocabulary
+from cm3leon_jax.tokenizers.image import ImageTokenizer
+
+TOKENIZER_FILE = 'tokenizer.json'
+META_VQGAN_FILES = ('vqgan.ckpt', 'vqgan.yaml')
+
+
+class ChameleonFolderError(ValueError):
+  """A Chameleon folder that cannot be sampled from; the message names what is missing."""
+
+
+def is_chameleon_folder(folder: str) -> bool:
+  """Whether `folder` holds a transformers Chameleon checkpoint (config.json of that type)."""
+  path = os.path.join(folder, CONFIG)
+  return os.path.isfile(path) and read_config(folder).get('model_type') == 'chameleon'
+
+
+def load_vocabulary(folder: str) -> ChameleonVocabulary:
+  """The folder's tokenizer.json, checked against its config's vocabulary_map and codebook."""
+  path = os.path.join(folder, TOKENIZER_FILE)
+  if not os.path.isfile(path):
+    raise ChameleonFolderError(
+        f'{folder} is a Chameleon checkpoint without its {TOKENIZER_FILE}: copy the one released '
+        'with the weights (transformers\' layout) or tokenizer/text_tokenizer.json (Meta\'s).')
+  config_json = read_config(folder)
+  vq_config = hf_chameleon_vqvae.config_from_hf(config_json.get('vq_config') or {})
+  return ChameleonVocabulary(path, config_json.get('vocabulary_map') or None, vq_config.n_embed)
+
+
+def load_decoder(folder: str, vocab: ChameleonVocabulary, **overrides):
+  """(DecoderConfig, params) with the embedding rows and output columns in the vocabulary's ids
+  (``<s>`` and ``<pad>`` trade places, see tokenizers/chameleon.py)."""
+  config, params = hf_chameleon.load_chameleon(folder, **overrides)
+  params['embed']['token'] = vocab.swap_rows(params['embed']['token'], axis=0)
+  params['lm_head']['kernel'] = vocab.swap_rows(params['lm_head']['kernel'], axis=1)
+  return config, params
+
+
+def image_tokenizer_folder(folder: str) -> Optional[str]:
+  """Where the folder's full VQ-GAN is: the folder itself or its tokenizer/ (Meta's files), or
+  None."""
+  for candidate in (folder, os.path.join(folder, 'tokenizer')):
+    if all(os.path.isfile(os.path.join(candidate, name)) for name in META_VQGAN_FILES):
+      return candidate
+  return None
+
+
+def load_image_tokenizer(path: str) -> ImageTokenizer:
+  """An image tokenizer from Meta's ``vqgan.ckpt`` + ``vqgan.yaml`` folder, or one saved here."""
+  if all(os.path.isfile(os.path.join(path, name)) for name in META_VQGAN_FILES):
+    config, params = load_meta_tokenizer(*(os.path.join(path, n) for n in META_VQGAN_FILES))
+    return ImageTokenizer(config, params)
+  return ImageTokenizer.load(path)
+
+
+def check_decoder_fits(config: DecoderConfig, vocab: ChameleonVocabulary, folder: str) -> None:
+  """The decoder must have an output for every id of the tokenizer file."""
+  if config.vocab_size < vocab.vocab_size:
+    raise ChameleonFolderError(
+        f'{folder}: the decoder has {config.vocab_size} ids but {TOKENIZER_FILE} holds '
+        f'{vocab.vocab_size}.')

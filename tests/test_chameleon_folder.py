@@ -1,0 +1,168 @@
+"""A Chameleon checkpoint folder in transformers' layout, loaded by Pretrained.load and sampled
+from, against transformers and taming as the oracles.
+
+The folder is written by the test: a tiny random ChameleonForConditionalGeneration whose VQ-VAE
+is a tiny random taming VQ-GAN's encoder, a tokenizer.json in Chameleon's layout (image codes not
+in id order), and Meta's vqgan.ckpt + vqgan.yaml of the same VQ-GAN in tokenizer/ for decoding.
+"""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import ChameleonConfig, ChameleonForConditionalGeneration
+from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocabularyMapping
+
+from cm3leon_jax.decoding import DecodingConfig, generate, generation
+from cm3leon_jax.decoding.chameleon_folder import ChameleonFolderError
+from cm3leon_jax.decoding.pretrained import Pretrained
+from cm3leon_jax.interop import taming_reference
+from cm3leon_jax.models.vqgan_config import VQGANConfig
+import chameleon_files
+
+CODES = 16
+VQ = VQGANConfig(resolution=16, ch=32, ch_mult=(1, 1, 1), num_res_blocks=1, z_channels=32,
+                 embed_dim=4, n_embed=CODES)
+TOKENS_PER_IMAGE = (16 // 4) ** 2
+CAPTION = 'a red circle left of a small blue square'
+
+
+def _hf_vq_config():
+  return dict(embed_dim=VQ.embed_dim, num_embeddings=VQ.n_embed, double_latent=False,
+              latent_channels=VQ.z_channels, resolution=VQ.resolution, in_channels=3,
+              base_channels=VQ.ch, channel_multiplier=list(VQ.ch_mult),
+              num_res_blocks=VQ.num_res_blocks, attn_resolutions=[], dropout=0.0,
+              attn_type='vanilla')
+
+
+def _meta_yaml():
+  dd = dict(double_z=False, z_channels=VQ.z_channels, resolution=VQ.resolution, in_channels=3,
+            out_ch=3, ch=VQ.ch, ch_mult=list(VQ.ch_mult), num_res_blocks=VQ.num_res_blocks,
+            attn_resolutions=[], dropout=0.0)
+  return {'model': {'target': 'taming.models.vqgan.VQModel',
+                    'params': {'embed_dim': VQ.embed_dim, 'n_embed': VQ.n_embed, 'ddconfig': dd}}}
+
+
+def _taming_vqgan():
+  """A random taming VQ-GAN with norms away from identity and a codebook on the latents' scale."""
+  model = taming_reference.build_vqmodel(VQ, seed=1)
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, torch.nn.GroupNorm):
+        module.weight.normal_(1.0, 0.3)
+        module.bias.normal_(0.0, 0.3)
+    latents = model.quant_conv(model.encoder(torch.rand(4, 3, 16, 16) * 2 - 1))
+    model.quantize.embedding.weight.normal_(0.0, float(latents.std()))
+  return model
+
+
+def _hf_chameleon(names, vqgan):
+  config = ChameleonConfig(
+      vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+      rms_norm_eps=1e-6, rope_parameters={'rope_type': 'default', 'rope_theta': 500.0},
+      vq_config=_hf_vq_config(), vocabulary_map=names, attn_implementation='eager')
+  torch.manual_seed(0)
+  model = ChameleonForConditionalGeneration(config).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if 'vqmodel' not in name:
+        p.normal_(1.0 if 'norm.weight' in name else 0.0, 0.3 if 'norm' in name else 0.1)
+  encoder_half = {k: v for k, v in vqgan.state_dict().items() if not k.startswith('decoder.')}
+  missing, unexpected = model.model.vqmodel.load_state_dict(encoder_half, strict=False)
+  assert not missing and not unexpected
+  return model
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+  """(folder, transformers model, taming VQ-GAN, the tokenizer's name -> id map)."""
+  folder = tmp_path_factory.mktemp('chameleon')
+  names = chameleon_files.write_tokenizer(str(folder / 'tokenizer.json'), CODES)
+  vqgan = _taming_vqgan()
+  model = _hf_chameleon(names, vqgan)
+  model.save_pretrained(str(folder))
+  (folder / 'tokenizer').mkdir()
+  torch.save({'state_dict': vqgan.state_dict()}, str(folder / 'tokenizer' / 'vqgan.ckpt'))
+  (folder / 'tokenizer' / 'vqgan.yaml').write_text(yaml.safe_dump(_meta_yaml()))
+  return folder, model, vqgan, names
+
+
+@pytest.fixture(scope='module')
+def pretrained(checkpoint):
+  return Pretrained.load(str(checkpoint[0]), dtype='float32')
+
+
+def _oracle_image(model, prompt, names):
+  """transformers' greedy image after `prompt` (checkpoint ids), its masking of image tokens
+  undone (logits straight from lm_head) and the same span rule: N image tokens, then <eoss>."""
+  image_ids = sorted(v for k, v in names.items() if k.startswith('IMGIMG'))
+  ids = list(prompt)
+  with torch.no_grad():
+    for step in range(TOKENS_PER_IMAGE + 1):
+      hidden = model.model(input_ids=torch.tensor([ids])).last_hidden_state
+      logits = model.lm_head(hidden[0, -1])
+      allowed = image_ids if step < TOKENS_PER_IMAGE else [names['<eoss>']]
+      blocked = torch.full_like(logits, float('-inf'))
+      blocked[allowed] = 0.0
+      ids.append(int(torch.argmax(logits + blocked)))
+  return ids[len(prompt):]
+
+
+def test_greedy_text_to_image_equals_transformers_and_decodes_as_taming(checkpoint, pretrained):
+  _, model, vqgan, names = checkpoint
+  vocab = pretrained.vocab
+  assert pretrained.tokens_per_image == TOKENS_PER_IMAGE
+  prompt = [vocab.bos_id] + vocab.encode(CAPTION) + [vocab.break_id]
+  config = DecodingConfig(max_new_tokens=TOKENS_PER_IMAGE + 1, temperature=0.0,
+                          tokens_per_image=TOKENS_PER_IMAGE)
+  ours = generate(pretrained.model, pretrained.params, [prompt], config, vocab).tokens[0, 0]
+  theirs = _oracle_image(model, vocab.checkpoint_ids(prompt).tolist(), names)
+  np.testing.assert_array_equal(ours, vocab.library_ids(theirs))
+  assert theirs[-1] == names['<eoss>'] and len(set(theirs[:-1])) > 2
+  # The public text-to-image call lays the prompt out the same way: <s> caption <racm3:break>.
+  images, ids = generation.text_to_image(pretrained, [CAPTION], config)
+  np.testing.assert_array_equal(ids[0, 0], ours[:-1])
+  # The codes are the names' codes, as transformers' own map reads them.
+  codes = vocab.image_codes(ours[:-1])
+  mapping = ChameleonImageVocabularyMapping(names)
+  assert codes.tolist() == [mapping.bpe2img[t] for t in theirs[:-1]]
+  pixels = np.asarray(pretrained.image_tokenizer.decode(codes.reshape(1, 4, 4)))
+  with torch.no_grad():
+    latents = vqgan.quantize.get_codebook_entry(torch.from_numpy(codes.astype(np.int64)),
+                                                (1, 4, 4, VQ.embed_dim))
+    want = vqgan.decoder(vqgan.post_quant_conv(latents)).permute(0, 2, 3, 1).numpy()
+  assert want.std() > 0.05
+  np.testing.assert_allclose(pixels, want, atol=1e-4)
+  assert images.shape == (1, 1, 16, 16, 3) and images.dtype == np.uint8
+
+
+def test_greedy_caption_of_an_image_equals_transformers_generate(checkpoint, pretrained):
+  _, model, _, names = checkpoint
+  vocab = pretrained.vocab
+  codes = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3]
+  image = vocab.image_ids(codes).tolist()
+  mapping = ChameleonImageVocabularyMapping(names)
+  assert image == vocab.library_ids([mapping.img2bpe[c] for c in codes]).tolist()
+  prompt = ([vocab.bos_id] + vocab.encode('Describe') + [vocab.break_id] + image +
+            [vocab.eoss_id] + vocab.encode(' it:'))
+  config = DecodingConfig(max_new_tokens=12, temperature=0.0, tokens_per_image=TOKENS_PER_IMAGE,
+                          generate_images=False, stop_ids=(vocab.eos_id,), pad_id=vocab.eos_id)
+  samples = generate(pretrained.model, pretrained.params, [prompt], config, vocab)
+  ours = samples.tokens[0, 0, :samples.num_tokens[0, 0]]
+  with torch.no_grad():
+    out = model.generate(torch.tensor([vocab.checkpoint_ids(prompt).tolist()]),
+                         max_new_tokens=12, do_sample=False)
+  theirs = out[0, len(prompt):].tolist()
+  np.testing.assert_array_equal(ours, vocab.library_ids(theirs))
+  assert not vocab.is_image(ours).any() and len(ours) > 3
+
+
+def test_a_folder_without_its_tokenizer_is_named(checkpoint, tmp_path):
+  folder = checkpoint[0]
+  bare = tmp_path / 'bare'
+  bare.mkdir()
+  for name in ('config.json', 'model.safetensors'):
+    (bare / name).write_bytes((folder / name).read_bytes())
+  with pytest.raises(ChameleonFolderError, match='without its tokenizer.json'):
+    Pretrained.load(str(bare))

@@ -6,6 +6,8 @@ is a tiny random taming VQ-GAN's encoder, a tokenizer.json in Chameleon's layout
 in id order), and Meta's vqgan.ckpt + vqgan.yaml of the same VQ-GAN in tokenizer/ for decoding.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -135,6 +137,51 @@ def test_greedy_text_to_image_equals_transformers_and_decodes_as_taming(checkpoi
   assert want.std() > 0.05
   np.testing.assert_allclose(pixels, want, atol=1e-4)
   assert images.shape == (1, 1, 16, 16, 3) and images.dtype == np.uint8
+
+
+def _oracle_guided_image(model, prompt, names, text_scale, image_scale):
+  """Greedy image under Chameleon's in-batch guidance, as its inference code builds the streams:
+  the full prompt; only <s>, <racm3:break>, <eoss> and image tokens; <s> <racm3:break>. Without
+  an image scale, the first and the last (two-stream guidance)."""
+  image_ids = sorted(v for k, v in names.items() if k.startswith('IMGIMG'))
+  kept = set(image_ids) | {names['<s>'], names['<racm3:break>'], names['<eoss>']}
+  streams = [list(prompt), [t for t in prompt if t in kept], [names['<s>'], names['<racm3:break>']]]
+  out = []
+  with torch.no_grad():
+    for step in range(TOKENS_PER_IMAGE + 1):
+      full, image, uncond = (model.lm_head(model.model(input_ids=torch.tensor([s + out]))
+                                           .last_hidden_state[0, -1]) for s in streams)
+      if image_scale is None:
+        mixed = uncond + text_scale * (full - uncond)
+      else:
+        mixed = uncond + image_scale * (image - uncond) + text_scale * (full - image)
+      allowed = image_ids if step < TOKENS_PER_IMAGE else [names['<eoss>']]
+      blocked = torch.full_like(mixed, float('-inf'))
+      blocked[allowed] = 0.0
+      out.append(int(torch.argmax(mixed + blocked)))
+  return out
+
+
+@pytest.mark.parametrize('image_scale', [1.2, None], ids=['three_streams', 'two_streams'])
+def test_chameleons_in_batch_guidance_equals_its_inference_codes_streams(checkpoint, pretrained,
+                                                                        image_scale):
+  _, model, _, names = checkpoint
+  vocab = pretrained.vocab
+  image = vocab.image_ids(np.arange(CODES)[::-1]).tolist()
+  prompt = ([vocab.bos_id] + vocab.encode('Edit') + [vocab.break_id] + image + [vocab.eoss_id] +
+            vocab.encode(CAPTION) + [vocab.break_id])
+  defaults = generation.CHAMELEON_IMAGE_DECODING
+  assert (defaults.guidance_scale, defaults.image_guidance_scale) == (3.0, 1.2)
+  config = dataclasses.replace(defaults, max_new_tokens=TOKENS_PER_IMAGE + 1, temperature=0.0,
+                               tokens_per_image=TOKENS_PER_IMAGE, image_guidance_scale=image_scale)
+  ours = generate(pretrained.model, pretrained.params, [prompt], config, vocab).tokens[0, 0]
+  theirs = _oracle_guided_image(model, vocab.checkpoint_ids(prompt).tolist(), names, 3.0,
+                                image_scale)
+  np.testing.assert_array_equal(ours, vocab.library_ids(theirs))
+  unguided = generate(pretrained.model, pretrained.params, [prompt],
+                      dataclasses.replace(config, guidance_scale=None, image_guidance_scale=None),
+                      vocab).tokens[0, 0]
+  assert (unguided != ours).any()  # Guidance changed the image: the streams matter.
 
 
 def test_greedy_caption_of_an_image_equals_transformers_generate(checkpoint, pretrained):

@@ -33,6 +33,7 @@ class ToyVocabulary:
     return 24 + index
 
   image_open_id = image_close_id = break_id
+  guidance_style, sequence_start_ids = 'mask', ()
 
   def is_image(self, ids):
     return (ids >= self.first_image_id) & (ids < self.first_image_id + self.num_image_codes)

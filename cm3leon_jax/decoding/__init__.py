@@ -8,4 +8,4 @@ generate``.
 from cm3leon_jax.decoding.sampling import (DecodingConfig, DecodingError, DecodingState,
                                            ImageSpans, Samples, decode, generate, image_spans,
                                            make_tokens_to_logits, prefill, right_pad,
-                                           unconditional_prompt)
+                                           text_dropped_prompt, unconditional_prompt)

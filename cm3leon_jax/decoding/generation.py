@@ -21,6 +21,12 @@ from cm3leon_jax.data import objective
 from cm3leon_jax.decoding import DecodingConfig, DecodingError, generate
 from cm3leon_jax.decoding.pretrained import Pretrained
 
+# The image settings of Chameleon's inference code (facebookresearch/chameleon, Options.Image):
+# in-batch guidance with text scale 3 and image scale 1.2, temperature 0.7, top-p 0.9.
+CHAMELEON_IMAGE_DECODING = DecodingConfig(temperature=0.7, top_p=0.9, guidance_scale=3.0,
+                                          image_guidance_scale=1.2)
+
+
 def _tokens(pretrained: Pretrained):
   return objective.CM3Tokens.from_vocabulary(pretrained.vocab)
 

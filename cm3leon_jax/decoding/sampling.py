@@ -28,7 +28,7 @@ from cm3leon_jax.models.decoder import Decoder, init_cache
 
 __all__ = ['DecodingConfig', 'DecodingError', 'DecodingState', 'ImageSpans', 'Samples', 'decode',
            'generate', 'image_spans', 'make_tokens_to_logits', 'prefill', 'right_pad',
-           'unconditional_prompt']
+           'unconditional_prompt', 'text_dropped_prompt']
 
 
 def make_tokens_to_logits(model: Decoder, params) -> TokensToLogits:
@@ -79,6 +79,19 @@ def unconditional_prompt(prompt: Sequence[int], vocab, mask_images: bool = False
       out.append(mask_id)
     previous = kind if masked else None
   return out
+
+
+def text_dropped_prompt(prompt: Sequence[int], vocab, keep_images: bool) -> List[int]:
+  """A guidance stream in Chameleon's form (its inference code's in-batch guidance): the text is
+  dropped, not masked. With `keep_images` (the image-conditioned stream) the sequence start, the
+  images and their begin and end tokens stay; without (the unconditional stream) only the
+  sequence start and a final begin-image token do."""
+  if keep_images:
+    markers = set(vocab.sequence_start_ids) | {vocab.image_open_id, vocab.image_close_id}
+    return [t for t in prompt if t in markers or vocab.is_image(t)]
+  start = [t for t in prompt[:1] if t in vocab.sequence_start_ids]
+  end = [prompt[-1]] if prompt[-1] == vocab.image_open_id and len(prompt) > len(start) else []
+  return (start + end) or list(prompt[:1])
 
 
 def image_spans(config: DecodingConfig, vocab) -> Optional[ImageSpans]:
@@ -202,8 +215,13 @@ def _streams(prompts: List[List[int]], config: DecodingConfig, vocab) -> List[Li
     return [prompts]
   if vocab is None:
     raise DecodingError('Guidance and CD-K build <mask> prompts from the vocabulary; pass vocab=.')
-  mask = config.uncond_mask_id
-  uncond = [unconditional_prompt(p, vocab, config.num_streams == 3, mask) for p in prompts]
+  if vocab.guidance_style == 'drop':
+    uncond = [text_dropped_prompt(p, vocab, keep_images=False) for p in prompts]
+    image_conditioned = [text_dropped_prompt(p, vocab, keep_images=True) for p in prompts]
+  else:
+    mask = config.uncond_mask_id
+    uncond = [unconditional_prompt(p, vocab, config.num_streams == 3, mask) for p in prompts]
+    image_conditioned = [unconditional_prompt(p, vocab, mask_id=mask) for p in prompts]
   if config.num_streams == 2:
     return [prompts, uncond]
-  return [prompts, [unconditional_prompt(p, vocab, mask_id=mask) for p in prompts], uncond]
+  return [prompts, image_conditioned, uncond]

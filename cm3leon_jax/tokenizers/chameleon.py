@@ -229,6 +229,10 @@ class ChameleonVocabulary(seqio.Vocabulary):
     """<eoss>, which closes an image (and a CM3 span)."""
     return self._ids[END_IMAGE]
 
+  # Guidance drops the text of a prompt, as Chameleon's inference code does (its model never saw
+  # a mask token); see decoding.sampling.text_dropped_prompt.
+  guidance_style = 'drop'
+
   @property
   def sequence_start_ids(self) -> tuple:
     """What a prompt starts with: <s>."""

@@ -170,6 +170,10 @@ class MultimodalVocabulary(seqio.Vocabulary):
     ids = np.asarray(ids)
     return (ids >= 0) & (ids < self.num_text)
 
+  # Guidance masks the text of a prompt (each run becomes one <mask>), as the CM3 objective
+  # taught the model; see decoding.sampling.unconditional_prompt.
+  guidance_style = 'mask'
+
   @property
   def sequence_start_ids(self) -> tuple:
     """What a prompt starts with: nothing (documents have no begin-of-sequence token)."""

@@ -258,6 +258,7 @@ class ImageVocabulary:
     self.num_text = self.first_image_id - 2
     self.mask_id, self.break_id = self.num_text, self.num_text + 1
     self.image_open_id = self.image_close_id = self.break_id
+    self.guidance_style, self.sequence_start_ids = 'mask', ()
 
   def is_image(self, token: int) -> bool:
     return self.first_image_id <= token < self.vocab_size

@@ -7,8 +7,10 @@ in id order), and Meta's vqgan.ckpt + vqgan.yaml of the same VQ-GAN in tokenizer
 """
 
 import dataclasses
+import json
 
 import numpy as np
+from PIL import Image as PILImage
 import pytest
 import torch
 import yaml
@@ -21,6 +23,7 @@ from cm3leon_jax.decoding.pretrained import Pretrained
 from cm3leon_jax.interop import taming_reference
 from cm3leon_jax.models.vqgan_config import VQGANConfig
 import chameleon_files
+from helpers import run_tool
 
 CODES = 16
 VQ = VQGANConfig(resolution=16, ch=32, ch_mult=(1, 1, 1), num_res_blocks=1, z_channels=32,
@@ -203,6 +206,44 @@ def test_greedy_caption_of_an_image_equals_transformers_generate(checkpoint, pre
   theirs = out[0, len(prompt):].tolist()
   np.testing.assert_array_equal(ours, vocab.library_ids(theirs))
   assert not vocab.is_image(ours).any() and len(ours) > 3
+
+
+def test_generation_calls_use_chameleons_layout(checkpoint, pretrained):
+  _, model, _, _ = checkpoint
+  vocab = pretrained.vocab
+  codes = np.arange(CODES)[None] % 5
+  captions = generation.caption(pretrained, vocab.image_ids(codes), DecodingConfig(temperature=0))
+  prompt = [vocab.bos_id, vocab.break_id] + vocab.image_ids(codes[0]).tolist() + [vocab.eoss_id]
+  with torch.no_grad():
+    out = model.generate(torch.tensor([vocab.checkpoint_ids(prompt).tolist()]),
+                         max_new_tokens=32, do_sample=False)
+  theirs = vocab.library_ids(out[0, len(prompt):].numpy())
+  stops = np.flatnonzero(~vocab.is_text(theirs))
+  text = theirs[:stops[0]] if stops.size else theirs
+  assert captions == [[vocab.decode(text.tolist())]] and len(text) > 2
+  # Sampling with two-stream guidance, and unconditional images (prompt <s> <racm3:break>).
+  images, ids = generation.text_to_image(pretrained, [CAPTION], DecodingConfig(
+      guidance_scale=3.0, top_p=0.9, num_decodes=2))
+  assert images.shape == (1, 2, 16, 16, 3) and vocab.is_image(ids).all()
+  images, ids = generation.unconditional_images(pretrained, 3, DecodingConfig(seed=1))
+  assert images.shape == (3, 16, 16, 3) and vocab.is_image(ids).all()
+
+
+@pytest.mark.slow
+def test_generate_and_caption_tools_take_the_folder(checkpoint, tmp_path):
+  folder = checkpoint[0]
+  grid = tmp_path / 'grid.png'
+  run_tool(['tools/generate.py', f'--checkpoint={folder}', f'--prompt={CAPTION}',
+            '--num_samples=2', f'--output={grid}'])
+  with PILImage.open(grid) as image:  # 16-pixel samples shown 8 times larger, 2-pixel borders.
+    assert image.size == (2 * 130 + 2, 130 + 2)
+  images = tmp_path / 'images'
+  images.mkdir()
+  PILImage.fromarray(np.full((20, 24, 3), 200, np.uint8)).save(images / 'grey.png')
+  run_tool(['tools/caption.py', f'--checkpoint={folder}', f'--images={images}',
+            f'--output={tmp_path / "captions.jsonl"}'])
+  lines = [json.loads(line) for line in (tmp_path / 'captions.jsonl').read_text().splitlines()]
+  assert len(lines) == 1 and lines[0]['image'].endswith('grey.png')
 
 
 def test_a_folder_without_its_tokenizer_is_named(checkpoint, tmp_path):

@@ -13,6 +13,7 @@ tokens) on top of the caller's ``DecodingConfig`` (temperature, top-p, guidance,
 """
 
 import dataclasses
+import functools
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -31,9 +32,12 @@ def _tokens(pretrained: Pretrained):
   return objective.CM3Tokens.from_vocabulary(pretrained.vocab)
 
 
-def mask_token(pretrained: Pretrained) -> int:
+def mask_token(pretrained: Pretrained) -> Optional[int]:
   """The token that stands for masked text in the unconditional stream: what the CM3 objective the
-  model trained with put in place of a masked span (<sentinel:0> or <mask>)."""
+  model trained with put in place of a masked span (<sentinel:0> or <mask>); None for a vocabulary
+  whose guidance drops the text instead (Chameleon's)."""
+  if pretrained.vocab.guidance_style == 'drop':
+    return None
   if pretrained.cm3.sentinel_style == 'mask':
     return pretrained.vocab.mask_id
   return pretrained.vocab.sentinel_id(0)
@@ -65,9 +69,14 @@ def text_to_image(pretrained: Pretrained, captions: Sequence[str], config: Decod
 def unconditional_images(pretrained: Pretrained, count: int, config: DecodingConfig
                          ) -> Tuple[np.ndarray, np.ndarray]:
   """Images drawn with the caption masked, ``<mask> <break>`` (the prompt of guidance's
-  unconditional stream), without guidance: (uint8 images [count, H, W, 3], ids [count, N]).
-  The baseline a text-to-image metric should beat: what the model draws knowing no caption."""
-  prompt = [mask_token(pretrained), pretrained.vocab.break_id]
+  unconditional stream; Chameleon's is ``<s> <racm3:break>``), without guidance: (uint8 images
+  [count, H, W, 3], ids [count, N]). The baseline a text-to-image metric should beat: what the
+  model draws knowing no caption."""
+  vocab = pretrained.vocab
+  if vocab.guidance_style == 'drop':
+    prompt = list(vocab.sequence_start_ids) + [vocab.image_open_id]
+  else:
+    prompt = [mask_token(pretrained), vocab.break_id]
   config = dataclasses.replace(config, num_decodes=count, guidance_scale=None,
                                image_guidance_scale=None, cd_k_fraction=0.0)
   images, ids = _images_after(pretrained, [prompt], config)
@@ -90,10 +99,19 @@ def _images_after(pretrained: Pretrained, prompts, config: DecodingConfig):
 def _text_config(pretrained: Pretrained, config: DecodingConfig,
                  max_new_tokens: int) -> DecodingConfig:
   vocab = pretrained.vocab
+  stops = (vocab.eoss_id, vocab.eos_id)
+  if vocab.guidance_style == 'drop':  # Chameleon's inference code also ends text at an image.
+    stops += (vocab.image_open_id,)
   return dataclasses.replace(
       config, max_new_tokens=max_new_tokens, tokens_per_image=pretrained.tokens_per_image,
-      generate_images=False, stop_ids=(vocab.eoss_id, vocab.eos_id), pad_id=vocab.eos_id,
+      generate_images=False, stop_ids=stops, pad_id=vocab.eos_id,
       uncond_mask_id=mask_token(pretrained))
+
+
+def _image_prompt(vocab, image_ids) -> List[int]:
+  """An image as a prompt in Chameleon's layout: <s> <racm3:break> codes <eoss>."""
+  return (list(vocab.sequence_start_ids) + [vocab.image_open_id] + list(image_ids) +
+          [vocab.image_close_id])
 
 
 def _texts(pretrained: Pretrained, tokens: np.ndarray) -> List[List[str]]:
@@ -111,24 +129,32 @@ def _texts(pretrained: Pretrained, tokens: np.ndarray) -> List[List[str]]:
 
 def caption(pretrained: Pretrained, image_ids: np.ndarray, config: DecodingConfig,
             max_new_tokens: int = 32) -> List[List[str]]:
-  """Captions [P][num_decodes] of images given as image token ids [P, N], by CM3 infilling."""
-  prompts = []
-  for ids in np.asarray(image_ids):
-    # A placeholder caption of one text token: the span infilling_prompt masks away.
-    placeholder = pretrained.vocab.text_vocabulary.encode('a')[:1]
-    document = np.concatenate([placeholder, [pretrained.vocab.break_id], ids])
-    prompts.append(objective.infilling_prompt(document, (0, 1), _tokens(pretrained),
-                                              pretrained.cm3))
+  """Captions [P][num_decodes] of images given as image token ids [P, N], by CM3 infilling (a
+  Chameleon-family model: the text that follows the image)."""
+  prompts = [_caption_prompt(pretrained, ids) for ids in np.asarray(image_ids)]
   samples = generate(pretrained.model, pretrained.params, prompts,
                      _text_config(pretrained, config, max_new_tokens), pretrained.vocab)
   return _texts(pretrained, samples.tokens)
 
 
+def _caption_prompt(pretrained: Pretrained, ids: np.ndarray) -> List[int]:
+  vocab = pretrained.vocab
+  if vocab.guidance_style == 'drop':
+    return _image_prompt(vocab, ids.tolist())
+  # A placeholder caption of one text token: the span infilling_prompt masks away.
+  placeholder = vocab.text_vocabulary.encode('a')[:1]
+  document = np.concatenate([placeholder, [vocab.break_id], ids])
+  return list(objective.infilling_prompt(document, (0, 1), _tokens(pretrained), pretrained.cm3))
+
+
 def answer(pretrained: Pretrained, image_ids: np.ndarray, questions: Sequence[str],
            config: DecodingConfig, max_new_tokens: int = 16) -> List[List[str]]:
-  """Text continuations of ``image <break> question`` prompts (VQA-style), [P][num_decodes]."""
+  """Text continuations of ``image <break> question`` prompts (VQA-style; for a Chameleon-family
+  model ``<s> <racm3:break> image <eoss> question``), [P][num_decodes]."""
   vocab = pretrained.vocab
-  prompts = [list(ids) + [vocab.break_id] + list(vocab.text_vocabulary.encode(question))
+  image = (functools.partial(_image_prompt, vocab) if vocab.guidance_style == 'drop'
+           else lambda ids: list(ids) + [vocab.break_id])
+  prompts = [image(ids) + list(vocab.text_vocabulary.encode(question))
              for ids, question in zip(np.asarray(image_ids).tolist(), questions)]
   samples = generate(pretrained.model, pretrained.params, prompts,
                      _text_config(pretrained, config, max_new_tokens), vocab)

@@ -2,6 +2,7 @@
 Chameleon's (special tokens first, image tokens named IMGIMG...Z, then a byte-level BPE)."""
 
 import json
+import os
 
 import numpy as np
 import tokenizers
@@ -61,3 +62,62 @@ def write_tokenizer(path: str, num_image_codes: int = 16, seed: int = 0, vocab_s
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(document, f, ensure_ascii=False)
   return names
+
+
+def write_meta_model(model_dir, state, heads: int, kv_heads: int, shards: int, layers: int,
+                     norm_eps: float, rope_theta: float) -> None:
+  """A transformers Chameleon state dict (torch tensors) written as Meta's release stores it:
+  interleaved rotary rows, one QK-norm vector per shard, `shards` model-parallel files each
+  holding a slice of every tensor (consolidated.pth when there is one), and params.json.
+
+  The QK-norm rows of the heads a shard holds must be equal (Meta's files keep one vector).
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+
+  files = [{} for _ in range(shards)]
+
+  def split(name, tensor, axis):
+    for shard, part in zip(files, torch.chunk(tensor, shards, dim=axis)):
+      shard[name] = part.clone()
+
+  def replicate(name, tensor):
+    for shard in files:
+      shard[name] = tensor.clone()
+
+  def interleaved(w, n):
+    rows, cols = w.shape
+    return w.reshape(n, 2, rows // n // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+  def norm_vectors(name, rows):
+    for shard, group in zip(files, torch.chunk(rows, shards, dim=0)):
+      assert torch.equal(group, group[:1].expand_as(group)), 'unequal QK-norm rows in a shard'
+      shard[name] = group[0].reshape(2, -1).T.reshape(-1).clone()
+
+  split('tok_embeddings.weight', state['model.embed_tokens.weight'], 1)
+  replicate('norm.weight', state['model.norm.weight'])
+  split('output.weight', state['lm_head.weight'], 0)
+  for i in range(layers):
+    hf, meta = f'model.layers.{i}.', f'layers.{i}.'
+    split(meta + 'attention.wq.weight', interleaved(state[hf + 'self_attn.q_proj.weight'], heads), 0)
+    split(meta + 'attention.wk.weight',
+          interleaved(state[hf + 'self_attn.k_proj.weight'], kv_heads), 0)
+    split(meta + 'attention.wv.weight', state[hf + 'self_attn.v_proj.weight'], 0)
+    split(meta + 'attention.wo.weight', state[hf + 'self_attn.o_proj.weight'], 1)
+    split(meta + 'feed_forward.w1.weight', state[hf + 'mlp.gate_proj.weight'], 0)
+    split(meta + 'feed_forward.w2.weight', state[hf + 'mlp.down_proj.weight'], 1)
+    split(meta + 'feed_forward.w3.weight', state[hf + 'mlp.up_proj.weight'], 0)
+    replicate(meta + 'attention_norm.weight', state[hf + 'input_layernorm.weight'])
+    replicate(meta + 'ffn_norm.weight', state[hf + 'post_attention_layernorm.weight'])
+    for ours, theirs in (('q_norm', 'q_normalization'), ('k_norm', 'k_normalization')):
+      for leaf in ('weight', 'bias'):
+        norm_vectors(f'{meta}attention.{theirs}.{leaf}', state[f'{hf}self_attn.{ours}.{leaf}'])
+  os.makedirs(model_dir, exist_ok=True)
+  names = ['consolidated.pth'] if shards == 1 else [f'consolidated.{s:02d}.pth'
+                                                     for s in range(shards)]
+  for name, shard in zip(names, files):
+    torch.save(shard, os.path.join(model_dir, name))
+  params = {'dim': state['model.norm.weight'].shape[0], 'n_layers': layers, 'n_heads': heads,
+            'n_kv_heads': kv_heads, 'norm_eps': norm_eps, 'rope_theta': rope_theta,
+            'swin_norm': False, 'model_parallel_size': shards}
+  with open(os.path.join(model_dir, 'params.json'), 'w', encoding='utf-8') as f:
+    json.dump({'model': params} if shards > 1 else params, f)

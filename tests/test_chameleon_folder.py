@@ -6,6 +6,7 @@ is a tiny random taming VQ-GAN's encoder, a tokenizer.json in Chameleon's layout
 in id order), and Meta's vqgan.ckpt + vqgan.yaml of the same VQ-GAN in tokenizer/ for decoding.
 """
 
+import copy
 import dataclasses
 import json
 
@@ -17,10 +18,15 @@ import yaml
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocabularyMapping
 
+from flax import traverse_util
+
+from cm3leon_jax import interop
 from cm3leon_jax.decoding import DecodingConfig, generate, generation
 from cm3leon_jax.decoding.chameleon_folder import ChameleonFolderError
 from cm3leon_jax.decoding.pretrained import Pretrained
 from cm3leon_jax.interop import taming_reference
+from cm3leon_jax.interop.errors import CheckpointMismatchError
+from cm3leon_jax.interop.meta_chameleon import load_meta_chameleon
 from cm3leon_jax.models.vqgan_config import VQGANConfig
 import chameleon_files
 from helpers import run_tool
@@ -244,6 +250,51 @@ def test_generate_and_caption_tools_take_the_folder(checkpoint, tmp_path):
             f'--output={tmp_path / "captions.jsonl"}'])
   lines = [json.loads(line) for line in (tmp_path / 'captions.jsonl').read_text().splitlines()]
   assert len(lines) == 1 and lines[0]['image'].endswith('grey.png')
+
+
+@pytest.fixture(scope='module')
+def equal_norm_model(checkpoint, tmp_path_factory):
+  """(transformers folder, state dict) of the checkpoint's model with every head's QK-norm equal,
+  as Meta's files (one vector per shard) can hold it."""
+  model = copy.deepcopy(checkpoint[1])
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if '_norm.' in name and 'self_attn' in name:
+        p.copy_(p[:1].expand_as(p))
+  folder = tmp_path_factory.mktemp('equal_norms')
+  model.save_pretrained(str(folder))
+  return str(folder), {k: v for k, v in model.state_dict().items() if 'vqmodel' not in k}
+
+
+@pytest.mark.parametrize('shards', [1, 2])
+def test_metas_release_layout_loads_to_the_same_parameters_bit_for_bit(equal_norm_model, shards,
+                                                                     tmp_path):
+  folder, state = equal_norm_model
+  chameleon_files.write_meta_model(str(tmp_path / 'models' / 'tiny'), state, heads=4, kv_heads=2,
+                                   shards=shards, layers=2, norm_eps=1e-6, rope_theta=500.0)
+  names = sorted(p.name for p in (tmp_path / 'models' / 'tiny').iterdir())
+  assert len(names) == shards + 1  # consolidated.pth, or .00.pth and .01.pth; params.json
+  config, params = load_meta_chameleon(str(tmp_path / 'models' / 'tiny'), dtype='float32')
+  want_config, want = interop.load_chameleon(folder, dtype='float32')
+  assert config == want_config.replace(max_length=4096)
+  flat, want_flat = (traverse_util.flatten_dict(p, sep='/') for p in (params, want))
+  assert flat.keys() == want_flat.keys()
+  for path in flat:
+    np.testing.assert_array_equal(flat[path], want_flat[path], err_msg=path)
+
+
+class PickledNote:
+  """An object torch.save can only pickle (loading it would run code from the file)."""
+
+
+def test_a_meta_checkpoint_holding_a_pickled_object_is_refused(tmp_path):
+  model_dir = tmp_path / 'models' / '7b'
+  model_dir.mkdir(parents=True)
+  torch.save({'tok_embeddings.weight': torch.zeros(4, 2), 'note': PickledNote()},
+             str(model_dir / 'consolidated.pth'))
+  (model_dir / 'params.json').write_text(json.dumps({'n_heads': 1, 'n_layers': 0}))
+  with pytest.raises(CheckpointMismatchError, match='objects other than tensors'):
+    load_meta_chameleon(str(model_dir))
 
 
 def test_a_folder_without_its_tokenizer_is_named(checkpoint, tmp_path):

@@ -81,16 +81,18 @@ def plan(rules: Sequence[Rule], config: DecoderConfig, tied: bool = False) -> Li
   return entries
 
 
-def load(directory: str, rules: Sequence[Rule], config: DecoderConfig, tied: bool = False,
+def load(source, rules: Sequence[Rule], config: DecoderConfig, tied: bool = False,
          ignore: Callable[[str], bool] = lambda name: False):
   """Our parameters from a checkpoint directory, and the names of the tensors it ignored.
 
+  `source` is a directory, or an object with CheckpointFiles' interface (``names``, ``shapes``,
+  ``read``, ``describe``, ``directory``) presenting another layout under transformers' names.
   Every name and shape is checked before any tensor is read. Parameters are numpy arrays of
   config.param_dtype in the layout of config.scan_layers. Tensors for which `ignore` is true,
   and the HF copies of tied weights, are skipped.
   """
   entries = plan(rules, config, tied)
-  files = CheckpointFiles(directory)
+  files = CheckpointFiles(source) if isinstance(source, str) else source
   tied_copies = {r.hf for r in rules if tied and r.tied_to}
   ignored = sorted(n for n in files.names
                    if ignore(n) or n in tied_copies or OPTIONAL_PREFIX + n in tied_copies)

@@ -9,6 +9,8 @@ in id order), and Meta's vqgan.ckpt + vqgan.yaml of the same VQ-GAN in tokenizer
 import copy
 import dataclasses
 import json
+import os
+import shutil
 
 import numpy as np
 from PIL import Image as PILImage
@@ -36,6 +38,7 @@ VQ = VQGANConfig(resolution=16, ch=32, ch_mult=(1, 1, 1), num_res_blocks=1, z_ch
                  embed_dim=4, n_embed=CODES)
 TOKENS_PER_IMAGE = (16 // 4) ** 2
 CAPTION = 'a red circle left of a small blue square'
+GREEDY = DecodingConfig(temperature=0.0)
 
 
 def _hf_vq_config():
@@ -281,6 +284,30 @@ def test_metas_release_layout_loads_to_the_same_parameters_bit_for_bit(equal_nor
   assert flat.keys() == want_flat.keys()
   for path in flat:
     np.testing.assert_array_equal(flat[path], want_flat[path], err_msg=path)
+
+
+def test_pretrained_loads_metas_release_folder_as_its_transformers_twin(checkpoint,
+                                                                       equal_norm_model, tmp_path):
+  source, _, _, _ = checkpoint
+  folder, state = equal_norm_model
+  shutil.copy(source / 'tokenizer.json', folder)  # The twin's tokenizer files, as released.
+  shutil.copytree(source / 'tokenizer', os.path.join(folder, 'tokenizer'))
+  release = tmp_path / 'release'
+  chameleon_files.write_meta_model(str(release / 'models' / '7b'), state, heads=4, kv_heads=2,
+                                   shards=2, layers=2, norm_eps=1e-6, rope_theta=500.0)
+  shutil.copytree(source / 'tokenizer', release / 'tokenizer')
+  shutil.copy(source / 'tokenizer.json', release / 'tokenizer' / 'text_tokenizer.json')
+  twin = Pretrained.load(folder, dtype='float32')
+  for path in (release, release / 'models' / '7b'):
+    meta = Pretrained.load(str(path), dtype='float32')
+    flat, want = (traverse_util.flatten_dict(p.params, sep='/') for p in (meta, twin))
+    assert flat.keys() == want.keys()
+    for name in flat:
+      np.testing.assert_array_equal(flat[name], want[name], err_msg=name)
+    assert meta.vocab.encode(CAPTION) == twin.vocab.encode(CAPTION)
+    assert os.path.samefile(meta.image_tokenizer_path, release / 'tokenizer')
+    np.testing.assert_array_equal(generation.text_to_image(meta, [CAPTION], GREEDY)[1],
+                                  generation.text_to_image(twin, [CAPTION], GREEDY)[1])
 
 
 class PickledNote:

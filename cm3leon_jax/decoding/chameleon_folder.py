@@ -1,27 +1,36 @@
-"""A Chameleon-family checkpoint folder in transformers' layout (Chameleon, Anole, ...), loaded as
-everything sampling needs::
+"""A Chameleon-family checkpoint folder (Chameleon, Anole, ...) loaded as everything sampling
+needs, in either layout.
+
+transformers'::
 
   folder/config.json               model_type "chameleon", its vocabulary_map and vq_config
   folder/model.safetensors         (or shards with an index) the decoder, and the VQ-GAN's
                                    encoder under model.vqmodel.*
   folder/tokenizer.json            text, special and image tokens in one file
 
-transformers keeps only the VQ-GAN's encoder, so images are decoded by Meta's release files
-``vqgan.ckpt`` + ``vqgan.yaml``: put them in ``folder/tokenizer/`` (as Meta's release lays them
-out) or name their folder as the image tokenizer.
+Meta's release (the release folder, or one of its models/<size> folders)::
+
+  models/7b/consolidated.pth + params.json       (30b: consolidated.00.pth ... .03.pth)
+  tokenizer/text_tokenizer.json, vqgan.ckpt, vqgan.yaml
+
+transformers keeps only the VQ-GAN's encoder, so images are decoded by Meta's ``vqgan.ckpt`` +
+``vqgan.yaml``: put them in ``folder/tokenizer/`` (as Meta's release lays them out) or name their
+folder as the image tokenizer.
 """
 
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 from cm3leon_jax.interop import hf_chameleon, hf_chameleon_vqvae
 from cm3leon_jax.interop.checkpoint_files import CONFIG, read_config
-from cm3leon_jax.interop.meta_tokenizer import load_meta_tokenizer
+from cm3leon_jax.interop.meta_chameleon import PARAMS_FILE, load_meta_chameleon
+from cm3leon_jax.interop.meta_tokenizer import config_from_yaml, load_meta_tokenizer
 from cm3leon_jax.models.config import DecoderConfig
 from cm3leon_jax.tokenizers.chameleon import ChameleonVocabulary
 from cm3leon_jax.tokenizers.image import ImageTokenizer
 
 TOKENIZER_FILE = 'tokenizer.json'
+META_TOKENIZER_FILE = 'text_tokenizer.json'
 META_VQGAN_FILES = ('vqgan.ckpt', 'vqgan.yaml')
 
 
@@ -30,9 +39,46 @@ class ChameleonFolderError(ValueError):
 
 
 def is_chameleon_folder(folder: str) -> bool:
-  """Whether `folder` holds a transformers Chameleon checkpoint (config.json of that type)."""
+  """Whether `folder` holds a Chameleon checkpoint: transformers' (config.json of that type) or
+  Meta's release layout."""
   path = os.path.join(folder, CONFIG)
-  return os.path.isfile(path) and read_config(folder).get('model_type') == 'chameleon'
+  if os.path.isfile(path):
+    return read_config(folder).get('model_type') == 'chameleon'
+  return meta_release_folders(folder) is not None
+
+
+def meta_release_folders(folder: str) -> Optional[Tuple[str, str]]:
+  """(model folder, tokenizer folder) when `folder` is Meta's release holding one model, or one
+  of its models/<size> folders; else None."""
+  if os.path.isfile(os.path.join(folder, PARAMS_FILE)):
+    return folder, os.path.join(folder, os.pardir, os.pardir, 'tokenizer')
+  models = os.path.join(folder, 'models')
+  sizes = sorted(os.listdir(models)) if os.path.isdir(models) else []
+  if not sizes:
+    return None
+  if len(sizes) > 1:
+    raise ChameleonFolderError(f'{folder} holds several models ({", ".join(sizes)}): give the '
+                               f'one to load, e.g. {os.path.join(models, sizes[0])}.')
+  return os.path.join(models, sizes[0]), os.path.join(folder, 'tokenizer')
+
+
+def load(folder: str, **overrides):
+  """(DecoderConfig, params, vocabulary, image tokenizer folder or None) of a Chameleon folder in
+  either layout; `overrides` are DecoderConfig fields (dtype, param_dtype, scan_layers)."""
+  meta = None if os.path.isfile(os.path.join(folder, CONFIG)) else meta_release_folders(folder)
+  if meta is None:
+    vocab = load_vocabulary(folder)
+    config, params = hf_chameleon.load_chameleon(folder, **overrides)
+    image_folder = image_tokenizer_folder(folder)
+  else:
+    model_dir, tokenizer_dir = meta
+    vocab = load_meta_vocabulary(tokenizer_dir)
+    config, params = load_meta_chameleon(model_dir, **overrides)
+    image_folder = tokenizer_dir
+  check_decoder_fits(config, vocab, folder)
+  params['embed']['token'] = vocab.swap_rows(params['embed']['token'], axis=0)
+  params['lm_head']['kernel'] = vocab.swap_rows(params['lm_head']['kernel'], axis=1)
+  return config, params, vocab, image_folder
 
 
 def load_vocabulary(folder: str) -> ChameleonVocabulary:
@@ -47,13 +93,15 @@ def load_vocabulary(folder: str) -> ChameleonVocabulary:
   return ChameleonVocabulary(path, config_json.get('vocabulary_map') or None, vq_config.n_embed)
 
 
-def load_decoder(folder: str, vocab: ChameleonVocabulary, **overrides):
-  """(DecoderConfig, params) with the embedding rows and output columns in the vocabulary's ids
-  (``<s>`` and ``<pad>`` trade places, see tokenizers/chameleon.py)."""
-  config, params = hf_chameleon.load_chameleon(folder, **overrides)
-  params['embed']['token'] = vocab.swap_rows(params['embed']['token'], axis=0)
-  params['lm_head']['kernel'] = vocab.swap_rows(params['lm_head']['kernel'], axis=1)
-  return config, params
+def load_meta_vocabulary(tokenizer_dir: str) -> ChameleonVocabulary:
+  """Meta's text_tokenizer.json, checked against vqgan.yaml's codebook."""
+  path = os.path.join(tokenizer_dir, META_TOKENIZER_FILE)
+  if not os.path.isfile(path):
+    raise ChameleonFolderError(f'Meta\'s release lacks {path}: its tokenizer/ folder holds '
+                               f'{META_TOKENIZER_FILE}, vqgan.ckpt and vqgan.yaml.')
+  yaml_path = os.path.join(tokenizer_dir, META_VQGAN_FILES[1])
+  codes = config_from_yaml(yaml_path).n_embed if os.path.isfile(yaml_path) else None
+  return ChameleonVocabulary(path, num_image_codes=codes)
 
 
 def image_tokenizer_folder(folder: str) -> Optional[str]:

@@ -125,7 +125,7 @@ class Pretrained:
       raise PretrainedError(f'{model_dir} has no {MODEL_FILE}: it is neither a training run folder '
                             'of this version (python -m cm3leon_jax.train writes it), an '
                             'exported model (tools/export.py) nor a Chameleon checkpoint in '
-                            'transformers\' layout.')
+                            'transformers\' or Meta\'s layout.')
     with open(spec_path, encoding='utf-8') as f:
       spec = json.load(f)
     stored = _decoder_config(spec['model_config'])
@@ -151,17 +151,15 @@ class Pretrained:
   @classmethod
   def _load_chameleon(cls, folder: str, image_tokenizer: Optional[str], unroll_layers: bool,
                       mesh: Optional[Mesh], dtype: str) -> 'Pretrained':
-    """A Chameleon-family folder in transformers' layout (see chameleon_folder)."""
-    vocab = chameleon_folder.load_vocabulary(folder)
+    """A Chameleon-family folder in transformers' or Meta's layout (see chameleon_folder)."""
     overrides = dict(dtype=dtype, param_dtype=dtype)
     if unroll_layers:
       overrides['scan_layers'] = False
-    config, params = chameleon_folder.load_decoder(folder, vocab, **overrides)
-    chameleon_folder.check_decoder_fits(config, vocab, folder)
+    config, params, vocab, image_folder = chameleon_folder.load(folder, **overrides)
     model = Decoder(config)
     params = jax.device_put(params, _placement(model, mesh))
-    return cls(model, params, vocab, objective.CM3Config(),
-               image_tokenizer or chameleon_folder.image_tokenizer_folder(folder), folder)
+    return cls(model, params, vocab, objective.CM3Config(), image_tokenizer or image_folder,
+               folder)
 
   @property
   def image_tokenizer(self):

@@ -98,7 +98,8 @@ def write_meta_model(model_dir, state, heads: int, kv_heads: int, shards: int, l
   split('output.weight', state['lm_head.weight'], 0)
   for i in range(layers):
     hf, meta = f'model.layers.{i}.', f'layers.{i}.'
-    split(meta + 'attention.wq.weight', interleaved(state[hf + 'self_attn.q_proj.weight'], heads), 0)
+    split(meta + 'attention.wq.weight',
+          interleaved(state[hf + 'self_attn.q_proj.weight'], heads), 0)
     split(meta + 'attention.wk.weight',
           interleaved(state[hf + 'self_attn.k_proj.weight'], kv_heads), 0)
     split(meta + 'attention.wv.weight', state[hf + 'self_attn.v_proj.weight'], 0)

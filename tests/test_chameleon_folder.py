@@ -28,7 +28,7 @@ from cm3leon_jax.decoding.chameleon_folder import ChameleonFolderError
 from cm3leon_jax.decoding.pretrained import Pretrained
 from cm3leon_jax.interop import taming_reference
 from cm3leon_jax.interop.errors import CheckpointMismatchError
-from cm3leon_jax.interop.meta_chameleon import load_meta_chameleon
+from cm3leon_jax.interop.meta_chameleon import convert_to_transformers, load_meta_chameleon
 from cm3leon_jax.models.vqgan_config import VQGANConfig
 import chameleon_files
 from helpers import run_tool
@@ -308,6 +308,35 @@ def test_pretrained_loads_metas_release_folder_as_its_transformers_twin(checkpoi
     assert os.path.samefile(meta.image_tokenizer_path, release / 'tokenizer')
     np.testing.assert_array_equal(generation.text_to_image(meta, [CAPTION], GREEDY)[1],
                                   generation.text_to_image(twin, [CAPTION], GREEDY)[1])
+
+
+def test_conversion_of_metas_release_loads_in_transformers_unchanged(checkpoint,
+                                                                     equal_norm_model, tmp_path):
+  source, _, vqgan, names = checkpoint
+  _, state = equal_norm_model
+  release = tmp_path / 'release'
+  chameleon_files.write_meta_model(str(release / 'models' / '7b'), state, heads=4, kv_heads=2,
+                                   shards=2, layers=2, norm_eps=1e-6, rope_theta=500.0)
+  shutil.copytree(source / 'tokenizer', release / 'tokenizer')
+  shutil.copy(source / 'tokenizer.json', release / 'tokenizer' / 'text_tokenizer.json')
+  output = convert_to_transformers(str(release), str(tmp_path / 'hf'), dtype='float32')
+  converted, info = ChameleonForConditionalGeneration.from_pretrained(
+      output, output_loading_info=True, attn_implementation='eager')
+  assert not info['missing_keys'] and not info['unexpected_keys'], info
+  loaded = converted.state_dict()
+  for name, tensor in state.items():
+    assert torch.equal(loaded[name], tensor), name
+  for name, tensor in vqgan.state_dict().items():
+    if not name.startswith('decoder.'):
+      assert torch.equal(loaded[f'model.vqmodel.{name}'], tensor), name
+  # transformers' conversion names <reserved08707> '<image>', in the map and the tokenizer file.
+  mapping = converted.config.vocabulary_map
+  assert mapping['<image>'] == names['<reserved08707>'] and '<reserved08707>' not in mapping
+  assert {k: v for k, v in mapping.items() if k != '<image>'} == {
+      k: v for k, v in names.items() if k != '<reserved08707>'}
+  ours = Pretrained.load(output, dtype='float32')  # And it samples here, decoding included.
+  images, _ = generation.text_to_image(ours, [CAPTION], GREEDY)
+  assert images.shape == (1, 1, 16, 16, 3)
 
 
 class PickledNote:

@@ -19,11 +19,11 @@ folder as the image tokenizer.
 """
 
 import os
-from typing import Optional, Tuple
+from typing import Optional
 
 from cm3leon_jax.interop import hf_chameleon, hf_chameleon_vqvae
 from cm3leon_jax.interop.checkpoint_files import CONFIG, read_config
-from cm3leon_jax.interop.meta_chameleon import PARAMS_FILE, load_meta_chameleon
+from cm3leon_jax.interop.meta_chameleon import load_meta_chameleon, release_folders
 from cm3leon_jax.interop.meta_tokenizer import config_from_yaml, load_meta_tokenizer
 from cm3leon_jax.models.config import DecoderConfig
 from cm3leon_jax.tokenizers.chameleon import ChameleonVocabulary
@@ -44,28 +44,13 @@ def is_chameleon_folder(folder: str) -> bool:
   path = os.path.join(folder, CONFIG)
   if os.path.isfile(path):
     return read_config(folder).get('model_type') == 'chameleon'
-  return meta_release_folders(folder) is not None
-
-
-def meta_release_folders(folder: str) -> Optional[Tuple[str, str]]:
-  """(model folder, tokenizer folder) when `folder` is Meta's release holding one model, or one
-  of its models/<size> folders; else None."""
-  if os.path.isfile(os.path.join(folder, PARAMS_FILE)):
-    return folder, os.path.join(folder, os.pardir, os.pardir, 'tokenizer')
-  models = os.path.join(folder, 'models')
-  sizes = sorted(os.listdir(models)) if os.path.isdir(models) else []
-  if not sizes:
-    return None
-  if len(sizes) > 1:
-    raise ChameleonFolderError(f'{folder} holds several models ({", ".join(sizes)}): give the '
-                               f'one to load, e.g. {os.path.join(models, sizes[0])}.')
-  return os.path.join(models, sizes[0]), os.path.join(folder, 'tokenizer')
+  return release_folders(folder) is not None
 
 
 def load(folder: str, **overrides):
   """(DecoderConfig, params, vocabulary, image tokenizer folder or None) of a Chameleon folder in
   either layout; `overrides` are DecoderConfig fields (dtype, param_dtype, scan_layers)."""
-  meta = None if os.path.isfile(os.path.join(folder, CONFIG)) else meta_release_folders(folder)
+  meta = None if os.path.isfile(os.path.join(folder, CONFIG)) else release_folders(folder)
   if meta is None:
     vocab = load_vocabulary(folder)
     config, params = hf_chameleon.load_chameleon(folder, **overrides)

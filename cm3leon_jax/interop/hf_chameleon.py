@@ -164,7 +164,8 @@ def load_chameleon(path: str, config: Optional[DecoderConfig] = None, **override
 
 
 def save_chameleon(path: str, config: DecoderConfig, params, dtype: Optional[str] = None,
-                   extra_config: Optional[Dict[str, Any]] = None) -> None:
+                   extra_config: Optional[Dict[str, Any]] = None,
+                   extra_tensors: Optional[Dict[str, Any]] = None) -> None:
   """Write `params` as a checkpoint that ChameleonForConditionalGeneration.from_pretrained loads.
 
   Args:
@@ -174,5 +175,7 @@ def save_chameleon(path: str, config: DecoderConfig, params, dtype: Optional[str
     dtype: dtype of the written tensors; None keeps each parameter's dtype.
     extra_config: config.json fields to add or replace (e.g. the original vq_config and
       vocabulary_map); by default a tiny placeholder VQ config is written, without VQ weights.
+    extra_tensors: more tensors by HF name, e.g. the VQ-VAE's under model.vqmodel.*.
   """
-  mapping.save(path, RULES, config, params, config_to_hf(config, extra_config), dtype)
+  mapping.save(path, RULES, config, params, config_to_hf(config, extra_config), dtype,
+               extra_tensors)

@@ -92,6 +92,14 @@ def config_from_hf(vq_config: Mapping[str, Any]) -> VQGANConfig:
     raise UnsupportedConfigError(f'ChameleonVQVAEConfig: {e}') from e
 
 
+def config_to_hf(config: VQGANConfig) -> Dict[str, Any]:
+  """The ChameleonVQVAEConfig dict (config.json's vq_config) of our VQGANConfig."""
+  hf = {theirs: getattr(config, ours) for ours, theirs in _FIELD_OF.items()}
+  hf.update(channel_multiplier=list(config.ch_mult), attn_resolutions=list(config.attn_resolutions),
+            attn_type='vanilla', out_channels=config.in_channels)
+  return hf
+
+
 def _vq_config_of(config_json: Mapping[str, Any]) -> Mapping[str, Any]:
   # A Chameleon model's config nests the VQ-VAE's; a VQ-VAE saved alone is its own.
   return config_json.get('vq_config', config_json)

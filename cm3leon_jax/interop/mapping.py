@@ -129,10 +129,12 @@ def _match(entries: List[Entry], files: CheckpointFiles, ignored) -> Dict[str, s
 
 
 def save(directory: str, rules: Sequence[Rule], config: DecoderConfig, params,
-         config_json: Dict[str, Any], dtype=None) -> None:
+         config_json: Dict[str, Any], dtype=None,
+         extra_tensors: Optional[Dict[str, np.ndarray]] = None) -> None:
   """Write `params` (boxed or not, either layout) and `config_json` as a checkpoint directory.
 
-  Tensors are cast to `dtype` if given; config.json records their dtype.
+  Tensors are cast to `dtype` if given; config.json records their dtype. `extra_tensors` (HF
+  names, e.g. a VQ-VAE's) are written beside them, cast the same way.
   """
   entries = plan(rules, config)
   flat = traverse_util.flatten_dict(
@@ -142,6 +144,8 @@ def save(directory: str, rules: Sequence[Rule], config: DecoderConfig, params,
   for e in entries:
     x = np.asarray(flat[e.ours])
     tensors[e.hf] = e.transform.to_hf(x.astype(jnp.dtype(dtype)) if dtype else x)
+  for name, x in (extra_tensors or {}).items():
+    tensors[name] = np.asarray(x).astype(jnp.dtype(dtype)) if dtype else np.asarray(x)
   dtypes = {str(x.dtype) for x in tensors.values()}
   if len(dtypes) == 1:  # transformers loads in this dtype unless told otherwise.
     config_json = {**config_json, 'dtype': dtypes.pop()}

@@ -87,6 +87,31 @@ def logical_shardings(boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
+def check_divisible(abstract_tree, shardings) -> None:
+  """Raise MeshError naming every array whose sharded dimension the mesh does not divide (e.g.
+  4 heads over a tensor axis of 8), instead of XLA's error about an unnamed array."""
+  problems = []
+  for path, (leaf, sharding) in _flat_with_paths(abstract_tree, shardings):
+    mesh_sizes = dict(zip(sharding.mesh.axis_names, sharding.mesh.devices.shape))
+    for dim, axes in enumerate(sharding.spec):
+      names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      parts = math.prod(mesh_sizes[name] for name in names)
+      if names and leaf.shape[dim] % parts:
+        problems.append(f'{path}: dimension {dim} of size {leaf.shape[dim]} split over mesh '
+                        f'axes {names} of {parts} devices')
+  if problems:
+    raise MeshError('The mesh does not divide these parameters (choose mesh sizes that divide '
+                    'the heads, MLP width and vocabulary):\n  ' + '\n  '.join(problems))
+
+
+def _flat_with_paths(tree, shardings):
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  flat_shardings = jax.tree_util.tree_leaves(
+      shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+  return [(jax.tree_util.keystr(path, simple=True, separator='/'), (leaf, sharding))
+          for (path, leaf), sharding in zip(leaves, flat_shardings)]
+
+
 def activation_sharding(mesh: Mesh, logical_axes: Sequence[Optional[str]],
                         rules=LOGICAL_AXIS_RULES) -> NamedSharding:
   """The sharding of an activation (e.g. a batch) with the given logical axis names."""

@@ -22,7 +22,7 @@ from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocab
 
 from flax import traverse_util
 
-from cm3leon_jax import interop
+from cm3leon_jax import interop, partitioning
 from cm3leon_jax.decoding import DecodingConfig, generate, generation
 from cm3leon_jax.decoding.chameleon_folder import ChameleonFolderError
 from cm3leon_jax.decoding.pretrained import Pretrained
@@ -30,6 +30,7 @@ from cm3leon_jax.interop import taming_reference
 from cm3leon_jax.interop.errors import CheckpointMismatchError
 from cm3leon_jax.interop.meta_chameleon import convert_to_transformers, load_meta_chameleon
 from cm3leon_jax.models.vqgan_config import VQGANConfig
+from cm3leon_jax.tokenizers.chameleon import ChameleonVocabularyError
 import chameleon_files
 from helpers import run_tool
 
@@ -351,6 +352,27 @@ def test_a_meta_checkpoint_holding_a_pickled_object_is_refused(tmp_path):
   (model_dir / 'params.json').write_text(json.dumps({'n_heads': 1, 'n_layers': 0}))
   with pytest.raises(CheckpointMismatchError, match='objects other than tensors'):
     load_meta_chameleon(str(model_dir))
+
+
+def test_a_mesh_that_does_not_divide_the_heads_is_named(checkpoint):
+  # 4 query heads and 2 KV heads over a tensor axis of 8 devices (conftest forces 8 CPU devices).
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(fsdp=1, tensor=8))
+  with pytest.raises(partitioning.MeshError,
+                     match=r'(?s)does not divide.*query/kernel: dimension 1 of size 4 split over '
+                           r"mesh axes \('tensor',\) of 8 devices"):
+    Pretrained.load(str(checkpoint[0]), mesh=mesh)
+
+
+def test_a_vocabulary_map_missing_image_names_is_named(checkpoint, tmp_path):
+  folder = tmp_path / 'folder'
+  shutil.copytree(checkpoint[0], folder)
+  config = json.loads((folder / 'config.json').read_text())
+  config['vocabulary_map'] = {k: v for k, v in config['vocabulary_map'].items()
+                              if k != 'IMGIMGBCZ'}
+  (folder / 'config.json').write_text(json.dumps(config))
+  with pytest.raises(ChameleonVocabularyError, match="vocabulary_map lacks 1 image token.*"
+                                                     "'IMGIMGBCZ'"):
+    Pretrained.load(str(folder))
 
 
 def test_a_folder_without_its_tokenizer_is_named(checkpoint, tmp_path):

@@ -199,7 +199,9 @@ def _placement(model: Decoder, mesh: Optional[Mesh]):
   if mesh is None:
     return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   boxed = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-  return partitioning.logical_shardings(boxed, mesh)
+  shardings = partitioning.logical_shardings(boxed, mesh)
+  partitioning.check_divisible(nn.meta.unbox(boxed), shardings)
+  return shardings
 
 
 def _checkpoint_params(model_dir: str, model: Decoder, placement):

@@ -166,8 +166,13 @@ class ChameleonVocabulary(seqio.Vocabulary):
           f'codebook has {num_image_codes} codes.')
     if vocabulary_map is None:
       return
-    wrong = sorted(name for name, i in names.items() if name.startswith(IMAGE_PREFIX)
-                   and vocabulary_map.get(name) != i)
+    images = sorted(name for name in names if name.startswith(IMAGE_PREFIX))
+    missing = [name for name in images if name not in vocabulary_map]
+    if missing:
+      raise ChameleonVocabularyError(
+          f'The checkpoint\'s vocabulary_map lacks {len(missing)} image token'
+          f'{"s" if len(missing) > 1 else ""} of {self.path} (first: {missing[0]!r}).')
+    wrong = [name for name in images if vocabulary_map[name] != names[name]]
     if wrong:
       raise ChameleonVocabularyError(
           f'The checkpoint\'s vocabulary_map disagrees with {self.path} on {len(wrong)} image '

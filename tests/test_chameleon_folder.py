@@ -243,8 +243,9 @@ def test_generation_calls_use_chameleons_layout(checkpoint, pretrained):
 def test_generate_and_caption_tools_take_the_folder(checkpoint, tmp_path):
   folder = checkpoint[0]
   grid = tmp_path / 'grid.png'
+  # Laid out over the 8 CPU devices the tests force (fsdp), in bf16 as a 7B would be.
   run_tool(['tools/generate.py', f'--checkpoint={folder}', f'--prompt={CAPTION}',
-            '--num_samples=2', f'--output={grid}'])
+            '--num_samples=2', f'--output={grid}', '--mesh_fsdp=-1'])
   with PILImage.open(grid) as image:  # 16-pixel samples shown 8 times larger, 2-pixel borders.
     assert image.size == (2 * 130 + 2, 130 + 2)
   images = tmp_path / 'images'

@@ -55,7 +55,7 @@ _FAKE_RUN = textwrap.dedent('''
       image_tokenizer_path = None
 
     images = np.load(sys.argv.pop(1))
-    generate.Pretrained.load = staticmethod(lambda *args: FakePretrained())
+    generate.Pretrained.load = staticmethod(lambda *args, **kwargs: FakePretrained())
     generate.generation.text_to_image = lambda *args: (images, None)
     generate.run()
     ''')

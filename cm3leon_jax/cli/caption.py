@@ -16,6 +16,7 @@ from absl import app, flags, logging
 import numpy as np
 
 from cm3leon_jax import cli
+from cm3leon_jax.cli import distributed
 from cm3leon_jax.decoding import generation
 from cm3leon_jax.data import images as image_lib
 from cm3leon_jax.decoding import DecodingConfig
@@ -27,9 +28,13 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.gif')
 
 def define_flags():
   """The tool's flags (defined when run, so tests can import the module)."""
-  flags.DEFINE_string('checkpoint', None, 'A training run folder (MODEL_DIR) or an exported model '
-                      '(tools/export.py).', required=True)
-  flags.DEFINE_string('image_tokenizer', None, 'ImageTokenizer folder (default: the run\'s).')
+  flags.DEFINE_string('checkpoint', None, 'A training run folder (MODEL_DIR), an exported model '
+                      '(tools/export.py) or a Chameleon-family checkpoint (transformers\' or '
+                      'Meta\'s layout).', required=True)
+  distributed.define_model_flags()
+  flags.DEFINE_string('image_tokenizer', None, 'Image tokenizer folder (default: the run\'s, or a '
+                      'Chameleon folder\'s tokenizer/): saved here, or Meta\'s vqgan.ckpt + '
+                      'vqgan.yaml.')
   flags.DEFINE_multi_string('images', [], 'Image files or folders (repeatable).')
   flags.DEFINE_string('output', 'captions.jsonl', 'The JSONL file to write.')
   flags.DEFINE_integer('num_captions', 1, 'Captions per image.')
@@ -69,7 +74,8 @@ def load_pixels(paths, resolution: int):
 
 def main(argv):
   del argv
-  pretrained = Pretrained.load(FLAGS.checkpoint, FLAGS.image_tokenizer)
+  pretrained = Pretrained.load(FLAGS.checkpoint, FLAGS.image_tokenizer,
+                               mesh=distributed.local_mesh(), dtype=FLAGS.dtype)
   resolution = pretrained.image_tokenizer.config.resolution
   pixels, kept, errors = load_pixels(image_paths(FLAGS.images), resolution)
   config = DecodingConfig(temperature=FLAGS.temperature, top_p=FLAGS.top_p,

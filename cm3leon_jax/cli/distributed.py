@@ -1,7 +1,10 @@
-"""The multi-process flags that the trainer and the evaluation tools share, and their start-up."""
+"""The multi-process flags that the trainer and the evaluation tools share, and their start-up;
+the mesh and dtype flags of the tools that load a model to sample from it."""
 
 import jax
 from absl import flags
+
+from cm3leon_jax import partitioning
 
 FLAGS = flags.FLAGS
 
@@ -25,3 +28,23 @@ def initialize() -> None:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   elif FLAGS.multihost:
     jax.distributed.initialize()
+
+
+def define_model_flags(fsdp: int = 1) -> None:
+  """--mesh_data, --mesh_fsdp (default `fsdp`), --mesh_tensor and --dtype of the sampling tools.
+  Sizes all 1 mean one device, no mesh."""
+  flags.DEFINE_integer('mesh_data', 1, 'Mesh axis sizes over this process\'s devices that the '
+                       'model is laid out on (-1: the rest; all 1: one device).')
+  flags.DEFINE_integer('mesh_fsdp', fsdp, 'See --mesh_data.')
+  flags.DEFINE_integer('mesh_tensor', 1, 'See --mesh_data (it must divide the heads).')
+  flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'],
+                    'Parameter and compute dtype of a Chameleon-family checkpoint.')
+
+
+def local_mesh():
+  """The mesh the --mesh_* flags describe, over this process's devices (None for sizes all 1)."""
+  if FLAGS.mesh_data == FLAGS.mesh_fsdp == FLAGS.mesh_tensor == 1:
+    return None
+  return partitioning.make_mesh(
+      partitioning.MeshConfig(FLAGS.mesh_data, FLAGS.mesh_fsdp, FLAGS.mesh_tensor),
+      jax.local_devices())

@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from cm3leon_jax import cli, partitioning
+from cm3leon_jax import cli
 from cm3leon_jax.cli import distributed
 from cm3leon_jax.decoding import DecodingConfig
 from cm3leon_jax.decoding.pretrained import Pretrained
@@ -88,9 +88,7 @@ def define_flags():
   flags.DEFINE_integer('kid_subset_size', 1000, 'KID subset size.')
   flags.DEFINE_bool('pytorch_fid_form', True, 'Also compute FID as pytorch-fid does (scipy '
                     'sqrtm, ~10 s on a 2-core CPU); the eigenvalue form is always computed.')
-  flags.DEFINE_integer('mesh_data', 1, 'Mesh axis sizes for the model (-1: the rest).')
-  flags.DEFINE_integer('mesh_fsdp', -1, 'See --mesh_data.')
-  flags.DEFINE_integer('mesh_tensor', 1, 'See --mesh_data.')
+  distributed.define_model_flags(fsdp=-1)
   distributed.define_flags()
 
 
@@ -237,10 +235,8 @@ def evaluate_model(start: float) -> dict:
     raise app.UsageError('Give --checkpoint (a model to sample), or --images and '
                          '--reference_stats (a folder to measure).')
   check_settings(FLAGS.output_dir)
-  mesh = partitioning.make_mesh(
-      partitioning.MeshConfig(FLAGS.mesh_data, FLAGS.mesh_fsdp, FLAGS.mesh_tensor),
-      jax.local_devices())
-  pretrained = Pretrained.load(FLAGS.checkpoint, FLAGS.image_tokenizer, mesh=mesh)
+  pretrained = Pretrained.load(FLAGS.checkpoint, FLAGS.image_tokenizer,
+                               mesh=distributed.local_mesh(), dtype=FLAGS.dtype)
   resolution = pretrained.image_tokenizer.config.resolution
   source = make_source(resolution)
   prompts = source.prompts()

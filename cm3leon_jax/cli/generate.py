@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from cm3leon_jax import cli
+from cm3leon_jax.cli import distributed
 from cm3leon_jax.decoding import generation
 from cm3leon_jax.decoding import DecodingConfig
 from cm3leon_jax.decoding.pretrained import Pretrained
@@ -36,9 +37,13 @@ MIN_CELL_PIXELS = 128
 
 def define_flags():
   """The tool's flags (defined when run, so tests can import the module)."""
-  flags.DEFINE_string('checkpoint', None, 'A training run folder (MODEL_DIR) or an exported model '
-                      '(tools/export.py).', required=True)
-  flags.DEFINE_string('image_tokenizer', None, 'ImageTokenizer folder (default: the run\'s).')
+  flags.DEFINE_string('checkpoint', None, 'A training run folder (MODEL_DIR), an exported model '
+                      '(tools/export.py) or a Chameleon-family checkpoint (transformers\' or '
+                      'Meta\'s layout).', required=True)
+  distributed.define_model_flags()
+  flags.DEFINE_string('image_tokenizer', None, 'Image tokenizer folder (default: the run\'s, or a '
+                      'Chameleon folder\'s tokenizer/): saved here, or Meta\'s vqgan.ckpt + '
+                      'vqgan.yaml.')
   flags.DEFINE_multi_string('prompt', [], 'A caption to draw (repeat for several).')
   flags.DEFINE_string('prompts_file', None, 'A text file with one caption per line.')
   flags.DEFINE_string('output', 'samples.png', 'The PNG grid to write.')
@@ -133,7 +138,8 @@ def sample_grid(images: np.ndarray, scale: Optional[int] = None) -> Tuple[np.nda
 def main(argv):
   del argv
   prompts = read_prompts()
-  pretrained = Pretrained.load(FLAGS.checkpoint, FLAGS.image_tokenizer)
+  pretrained = Pretrained.load(FLAGS.checkpoint, FLAGS.image_tokenizer,
+                               mesh=distributed.local_mesh(), dtype=FLAGS.dtype)
   config = decoding_config()
   prefixes, retrieved = retrieved_prefixes(pretrained, prompts)
   images, _ = generation.text_to_image(pretrained, prompts, config, prefixes)

@@ -23,13 +23,16 @@ from typing import Optional
 
 from cm3leon_jax.interop import hf_chameleon, hf_chameleon_vqvae
 from cm3leon_jax.interop.checkpoint_files import CONFIG, read_config
-from cm3leon_jax.interop.meta_chameleon import load_meta_chameleon, release_folders
+from cm3leon_jax.interop.meta_chameleon import (MetaChameleonFiles, config_from_meta,
+                                                load_meta_chameleon, release_folders)
 from cm3leon_jax.interop.meta_tokenizer import config_from_yaml, load_meta_tokenizer
 from cm3leon_jax.models.config import DecoderConfig
 from cm3leon_jax.tokenizers.chameleon import ChameleonVocabulary
 from cm3leon_jax.tokenizers.image import ImageTokenizer
 
 TOKENIZER_FILE = 'tokenizer.json'
+# The parameters indexed by token id, and the axis that is: where <s> and <pad> trade rows.
+_ID_AXIS = {'embed/token': 0, 'lm_head/kernel': 1}
 META_TOKENIZER_FILE = 'text_tokenizer.json'
 META_VQGAN_FILES = ('vqgan.ckpt', 'vqgan.yaml')
 
@@ -47,23 +50,48 @@ def is_chameleon_folder(folder: str) -> bool:
   return release_folders(folder) is not None
 
 
-def load(folder: str, **overrides):
-  """(DecoderConfig, params, vocabulary, image tokenizer folder or None) of a Chameleon folder in
-  either layout; `overrides` are DecoderConfig fields (dtype, param_dtype, scan_layers)."""
-  meta = None if os.path.isfile(os.path.join(folder, CONFIG)) else release_folders(folder)
+def decoder_config(folder: str, **overrides) -> DecoderConfig:
+  """The DecoderConfig of a Chameleon folder in either layout (no weight is read);
+  `overrides` are DecoderConfig fields (dtype, param_dtype, scan_layers)."""
+  meta = _meta_folders(folder)
   if meta is None:
-    vocab = load_vocabulary(folder)
-    config, params = hf_chameleon.load_chameleon(folder, **overrides)
-    image_folder = image_tokenizer_folder(folder)
+    return hf_chameleon.config_from_hf(read_config(folder), **overrides)
+  return config_from_meta(MetaChameleonFiles(meta[0]), **overrides)
+
+
+def load(folder: str, config: DecoderConfig, place=None):
+  """(params, vocabulary, image tokenizer folder or None) of a Chameleon folder in either layout.
+
+  `place(path, array)` receives each parameter as it is read, in this library's ids (see
+  ``mapping.load``), so a caller can put it on its devices at once (unscanned configs only).
+  """
+  meta = _meta_folders(folder)
+  if meta is None:
+    vocab, image_folder = load_vocabulary(folder), image_tokenizer_folder(folder)
   else:
-    model_dir, tokenizer_dir = meta
-    vocab = load_meta_vocabulary(tokenizer_dir)
-    config, params = load_meta_chameleon(model_dir, **overrides)
-    image_folder = tokenizer_dir
+    vocab, image_folder = load_meta_vocabulary(meta[1]), meta[1]
   check_decoder_fits(config, vocab, folder)
-  params['embed']['token'] = vocab.swap_rows(params['embed']['token'], axis=0)
-  params['lm_head']['kernel'] = vocab.swap_rows(params['lm_head']['kernel'], axis=1)
-  return config, params, vocab, image_folder
+
+  def in_library_ids(path, x):
+    if path in _ID_AXIS:  # <s> and <pad> trade places (see tokenizers/chameleon.py).
+      x = vocab.swap_rows(x, axis=_ID_AXIS[path])
+    return place(path, x) if place else x
+
+  streamed = None if config.scan_layers else in_library_ids
+  if meta is None:
+    _, params = hf_chameleon.load_chameleon(folder, config, place=streamed)
+  else:
+    _, params = load_meta_chameleon(meta[0], config, place=streamed)
+  if streamed is None:
+    for path, axis in _ID_AXIS.items():
+      module, name = path.split('/')
+      params[module][name] = vocab.swap_rows(params[module][name], axis=axis)
+  return params, vocab, image_folder
+
+
+def _meta_folders(folder: str):
+  """Meta's (model, tokenizer) folders, or None for a transformers folder."""
+  return None if os.path.isfile(os.path.join(folder, CONFIG)) else release_folders(folder)
 
 
 def load_vocabulary(folder: str) -> ChameleonVocabulary:

@@ -22,7 +22,9 @@ import os
 import shutil
 from typing import Any, Dict, Optional
 
+from absl import logging
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import numpy as np
 from jax.sharding import Mesh
@@ -151,13 +153,19 @@ class Pretrained:
   @classmethod
   def _load_chameleon(cls, folder: str, image_tokenizer: Optional[str], unroll_layers: bool,
                       mesh: Optional[Mesh], dtype: str) -> 'Pretrained':
-    """A Chameleon-family folder in transformers' or Meta's layout (see chameleon_folder)."""
+    """A Chameleon-family folder in transformers' or Meta's layout (see chameleon_folder). With
+    unrolled layers each tensor goes to its devices as soon as it is read: the host never holds
+    the whole model."""
     overrides = dict(dtype=dtype, param_dtype=dtype)
     if unroll_layers:
       overrides['scan_layers'] = False
-    config, params, vocab, image_folder = chameleon_folder.load(folder, **overrides)
+    config = chameleon_folder.decoder_config(folder, **overrides)
     model = Decoder(config)
-    params = jax.device_put(params, _placement(model, mesh))
+    placement = _placement(model, mesh)
+    _log_memory(model, placement)
+    params, vocab, image_folder = chameleon_folder.load(folder, config, _placer(placement))
+    if config.scan_layers:
+      params = jax.device_put(params, placement)
     return cls(model, params, vocab, objective.CM3Config(), image_tokenizer or image_folder,
                folder)
 
@@ -202,6 +210,22 @@ def _placement(model: Decoder, mesh: Optional[Mesh]):
   shardings = partitioning.logical_shardings(boxed, mesh)
   partitioning.check_divisible(nn.meta.unbox(boxed), shardings)
   return shardings
+
+
+def _placer(placement):
+  """place(path, array) putting each parameter on its devices (see mapping.load)."""
+  if isinstance(placement, jax.sharding.Sharding):
+    return lambda path, x: jax.device_put(x, placement)
+  by_path = traverse_util.flatten_dict(placement, sep='/')
+  return lambda path, x: jax.device_put(x, by_path[path])
+
+
+def _log_memory(model: Decoder, placement) -> None:
+  """Say, before any weight is read, how much memory the parameters take on each device."""
+  shapes = jax.eval_shape(lambda: nn.meta.unbox(init_params(model, jax.random.key(0))))
+  shardings = (jax.tree.map(lambda _: placement, shapes)
+               if isinstance(placement, jax.sharding.Sharding) else placement)
+  logging.info('Loading the parameters: %s.', partitioning.parameter_report(shapes, shardings))
 
 
 def _checkpoint_params(model_dir: str, model: Decoder, placement):

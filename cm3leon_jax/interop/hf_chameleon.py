@@ -139,12 +139,13 @@ def config_to_hf(config: DecoderConfig,
   return {**hf, **(extra_config or {})}
 
 
-def load_chameleon(path: str, config: Optional[DecoderConfig] = None, **overrides):
+def load_chameleon(path: str, config: Optional[DecoderConfig] = None, place=None, **overrides):
   """Load a directory written by transformers' ChameleonForConditionalGeneration.save_pretrained.
 
   Args:
     path: directory with config.json and model.safetensors (or a sharded index).
     config: the DecoderConfig to load into; None derives it from config.json.
+    place: see ``mapping.load`` (each parameter put on its devices as soon as it is read).
     **overrides: DecoderConfig fields to change, e.g. dtype='float32' (compute dtype),
       param_dtype='bfloat16' (dtype of the returned arrays), scan_layers=False.
 
@@ -156,7 +157,7 @@ def load_chameleon(path: str, config: Optional[DecoderConfig] = None, **override
   _check_supported(hf)  # Also when `config` is given: it does not vouch for the checkpoint.
   config = config.replace(**overrides) if config else config_from_hf(hf, **overrides)
   tied = bool(hf.get('tie_word_embeddings', False))
-  params, ignored = mapping.load(path, RULES, config, tied, ignore=_is_vq)
+  params, ignored = mapping.load(path, RULES, config, tied, ignore=_is_vq, place=place)
   vq = sum(map(_is_vq, ignored))
   logging.info('Loaded Chameleon from %s; ignored %d VQ image-tokenizer tensors (model.vqmodel.*)'
                ' and %d tied copies.', path, vq, len(ignored) - vq)

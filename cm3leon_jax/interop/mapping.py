@@ -82,14 +82,17 @@ def plan(rules: Sequence[Rule], config: DecoderConfig, tied: bool = False) -> Li
 
 
 def load(source, rules: Sequence[Rule], config: DecoderConfig, tied: bool = False,
-         ignore: Callable[[str], bool] = lambda name: False):
+         ignore: Callable[[str], bool] = lambda name: False,
+         place: Optional[Callable[[str, np.ndarray], Any]] = None):
   """Our parameters from a checkpoint directory, and the names of the tensors it ignored.
 
   `source` is a directory, or an object with CheckpointFiles' interface (``names``, ``shapes``,
   ``read``, ``describe``, ``directory``) presenting another layout under transformers' names.
   Every name and shape is checked before any tensor is read. Parameters are numpy arrays of
   config.param_dtype in the layout of config.scan_layers. Tensors for which `ignore` is true,
-  and the HF copies of tied weights, are skipped.
+  and the HF copies of tied weights, are skipped. `place(path, array)`, when given, receives each
+  converted parameter as soon as it is read (our '/'-joined path) and returns what to keep, e.g.
+  the array put on its devices: the host then holds one tensor at a time (unscanned layout only).
   """
   entries = plan(rules, config, tied)
   files = CheckpointFiles(source) if isinstance(source, str) else source
@@ -97,9 +100,14 @@ def load(source, rules: Sequence[Rule], config: DecoderConfig, tied: bool = Fals
   ignored = sorted(n for n in files.names
                    if ignore(n) or n in tied_copies or OPTIONAL_PREFIX + n in tied_copies)
   sources = _match(entries, files, set(ignored))
+  if place is not None and config.scan_layers:
+    raise ValueError('Placing tensors as they are read needs the unscanned layout '
+                     '(scan_layers=False).')
   dtype = config.jnp_param_dtype
-  flat = {e.ours: e.transform.to_ours(files.read(sources[e.hf]), e.shape).astype(dtype)
-          for e in entries}  # One tensor at a time: astype copies, so no file stays mapped.
+  keep = place or (lambda path, x: x)
+  # One tensor at a time: astype copies, so no file stays mapped.
+  flat = {e.ours: keep(e.ours, e.transform.to_ours(files.read(sources[e.hf]), e.shape)
+                       .astype(dtype)) for e in entries}
   params = traverse_util.unflatten_dict(flat, sep='/')
   return (stack_layers(params) if config.scan_layers else params), ignored
 

@@ -189,11 +189,14 @@ def config_from_meta(files: MetaChameleonFiles, **overrides) -> DecoderConfig:
   return hf_chameleon.config_from_hf(hf, **overrides)
 
 
-def load_meta_chameleon(model_dir: str, **overrides):
+def load_meta_chameleon(model_dir: str, config: Optional[DecoderConfig] = None, place=None,
+                        **overrides):
   """(DecoderConfig, params) of a model folder of Meta's release (e.g. ``models/7b``).
 
   Args:
     model_dir: the folder holding consolidated*.pth and params.json.
+    config: the DecoderConfig to load into; None derives it from params.json and the tensors.
+    place: see ``mapping.load`` (each parameter put on its devices as soon as it is read).
     **overrides: DecoderConfig fields to change (dtype, param_dtype, scan_layers, ...).
 
   Raises:
@@ -201,8 +204,8 @@ def load_meta_chameleon(model_dir: str, **overrides):
     FileNotFoundError: not a model folder of Meta's release.
   """
   files = MetaChameleonFiles(model_dir)
-  config = config_from_meta(files, **overrides)
-  params, _ = mapping.load(files, hf_chameleon.RULES, config)
+  config = config.replace(**overrides) if config else config_from_meta(files, **overrides)
+  params, _ = mapping.load(files, hf_chameleon.RULES, config, place=place)
   return config, params
 
 

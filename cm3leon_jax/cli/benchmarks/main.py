@@ -24,6 +24,10 @@ Benchmarks (the positional NAME; one module of cm3leon_jax/cli/benchmarks/ each,
   fid: Inception pool-feature images/s of our jitted FID InceptionV3 against pytorch-fid's
     module, same batch (--fid_batch, --fid_size) and weights (--inception, or random ones in
     pytorch-fid's format), features compared.
+  chameleon_load: peak host memory of loading a random bf16 Chameleon checkpoint
+    (--load_size_mb) onto --load_devices CPU devices, ours (each tensor placed as read) against
+    a naive loader (all of it in float32 on the host first), as multiples of the checkpoint's
+    size; and the loading time against reading the file.
 
 Each benchmark prints a markdown report (with the shapes each side ran) and ends with one
 machine-readable line:
@@ -39,8 +43,8 @@ defaults (XLA flags, nn.scan) and what else was tried are documented at harness.
 from absl import app
 
 from cm3leon_jax import cli
-from cm3leon_jax.cli.benchmarks import (decoder, fid, generate, harness, pipeline, retrieval, train,
-                                        vqgan)
+from cm3leon_jax.cli.benchmarks import (chameleon_load, decoder, fid, generate, harness, pipeline,
+                                        retrieval, train, vqgan)
 
 BENCHMARKS = {
     'decoder': decoder,
@@ -50,6 +54,7 @@ BENCHMARKS = {
     'retrieval': retrieval,
     'generate': generate,
     'fid': fid,
+    'chameleon_load': chameleon_load,
 }
 
 

@@ -28,7 +28,8 @@ from cm3leon_jax.decoding.chameleon_folder import ChameleonFolderError
 from cm3leon_jax.decoding.pretrained import Pretrained
 from cm3leon_jax.interop import taming_reference
 from cm3leon_jax.interop.errors import CheckpointMismatchError
-from cm3leon_jax.interop.meta_chameleon import convert_to_transformers, load_meta_chameleon
+from cm3leon_jax.interop.meta_chameleon import load_meta_chameleon
+from cm3leon_jax.interop.meta_to_transformers import convert_to_transformers
 from cm3leon_jax.models.vqgan_config import VQGANConfig
 from cm3leon_jax.tokenizers.chameleon import ChameleonVocabularyError
 import chameleon_files

@@ -15,7 +15,7 @@ here directly; converting is only for transformers.
 from absl import flags
 
 from cm3leon_jax import cli
-from cm3leon_jax.interop import meta_chameleon
+from cm3leon_jax.interop import meta_to_transformers
 
 FLAGS = flags.FLAGS
 
@@ -31,7 +31,8 @@ def define_flags():
 
 def main(argv):
   del argv
-  output = meta_chameleon.convert_to_transformers(FLAGS.release, FLAGS.output_dir, FLAGS.dtype)
+  output = meta_to_transformers.convert_to_transformers(FLAGS.release, FLAGS.output_dir,
+                                                        FLAGS.dtype)
   print(f'Wrote {output}.')
 
 

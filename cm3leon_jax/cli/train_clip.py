@@ -305,7 +305,8 @@ def _check_disjoint(pool_start: int, pool_size: int, eval_start: int, eval_examp
 
 def train(output_dir: str, *, steps: int, batch_size: int, learning_rate: float,
           weight_decay: float = 0.05, warmup_steps: int = 100, captions_file: Optional[str] = None,
-          pool_size: int = 20000, pool_start: int = 0, image_size: int = 32, patch_size: int = 4, width: int = 64,
+          pool_size: int = 20000, pool_start: int = 0, image_size: int = 32,
+          patch_size: int = 4, width: int = 64,
           layers: int = 2, projection_dim: int = 64, max_length: int = 32, log_every: int = 100,
           eval_examples: int = 1000, eval_start: int = 1_000_000,
           seed: int = 0) -> Dict[str, object]:
@@ -377,7 +378,8 @@ def main(argv):
       learning_rate=FLAGS.learning_rate, weight_decay=FLAGS.weight_decay,
       warmup_steps=FLAGS.warmup_steps, captions_file=FLAGS.captions_file,
       pool_size=FLAGS.pool_size, pool_start=FLAGS.pool_start, image_size=FLAGS.image_size,
-      patch_size=FLAGS.patch_size, width=FLAGS.width, layers=FLAGS.layers, projection_dim=FLAGS.projection_dim,
+      patch_size=FLAGS.patch_size, width=FLAGS.width, layers=FLAGS.layers,
+      projection_dim=FLAGS.projection_dim,
       max_length=FLAGS.max_length, log_every=FLAGS.log_every,
       eval_examples=FLAGS.eval_examples, eval_start=FLAGS.eval_start, seed=FLAGS.seed)
   print(json.dumps(metrics, indent=2))

@@ -31,10 +31,10 @@ from cm3leon_jax.tokenizers.chameleon import ChameleonVocabulary
 from cm3leon_jax.tokenizers.image import ImageTokenizer
 
 TOKENIZER_FILE = 'tokenizer.json'
-# The parameters indexed by token id, and the axis that is: where <s> and <pad> trade rows.
-_ID_AXIS = {'embed/token': 0, 'lm_head/kernel': 1}
 META_TOKENIZER_FILE = 'text_tokenizer.json'
 META_VQGAN_FILES = ('vqgan.ckpt', 'vqgan.yaml')
+# The parameters indexed by token id, and the axis that is: where <s> and <pad> trade rows.
+_ID_AXIS = {'embed/token': 0, 'lm_head/kernel': 1}
 
 
 class ChameleonFolderError(ValueError):

@@ -28,13 +28,7 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.gif')
 
 def define_flags():
   """The tool's flags (defined when run, so tests can import the module)."""
-  flags.DEFINE_string('checkpoint', None, 'A training run folder (MODEL_DIR), an exported model '
-                      '(tools/export.py) or a Chameleon-family checkpoint (transformers\' or '
-                      'Meta\'s layout).', required=True)
-  distributed.define_model_flags()
-  flags.DEFINE_string('image_tokenizer', None, 'Image tokenizer folder (default: the run\'s, or a '
-                      'Chameleon folder\'s tokenizer/): saved here, or Meta\'s vqgan.ckpt + '
-                      'vqgan.yaml.')
+  distributed.define_checkpoint_flags()
   flags.DEFINE_multi_string('images', [], 'Image files or folders (repeatable).')
   flags.DEFINE_string('output', 'captions.jsonl', 'The JSONL file to write.')
   flags.DEFINE_integer('num_captions', 1, 'Captions per image.')

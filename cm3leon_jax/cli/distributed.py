@@ -30,6 +30,17 @@ def initialize() -> None:
     jax.distributed.initialize()
 
 
+def define_checkpoint_flags() -> None:
+  """--checkpoint and --image_tokenizer of the sampling tools, with the model flags."""
+  flags.DEFINE_string('checkpoint', None, 'A training run folder (MODEL_DIR), an exported model '
+                      '(tools/export.py) or a Chameleon-family checkpoint (transformers\' or '
+                      'Meta\'s layout).', required=True)
+  define_model_flags()
+  flags.DEFINE_string('image_tokenizer', None, 'Image tokenizer folder (default: the run\'s, or a '
+                      'Chameleon folder\'s tokenizer/): saved here, or Meta\'s vqgan.ckpt + '
+                      'vqgan.yaml.')
+
+
 def define_model_flags(fsdp: int = 1) -> None:
   """--mesh_data, --mesh_fsdp (default `fsdp`), --mesh_tensor and --dtype of the sampling tools.
   Sizes all 1 mean one device, no mesh."""

@@ -37,13 +37,7 @@ MIN_CELL_PIXELS = 128
 
 def define_flags():
   """The tool's flags (defined when run, so tests can import the module)."""
-  flags.DEFINE_string('checkpoint', None, 'A training run folder (MODEL_DIR), an exported model '
-                      '(tools/export.py) or a Chameleon-family checkpoint (transformers\' or '
-                      'Meta\'s layout).', required=True)
-  distributed.define_model_flags()
-  flags.DEFINE_string('image_tokenizer', None, 'Image tokenizer folder (default: the run\'s, or a '
-                      'Chameleon folder\'s tokenizer/): saved here, or Meta\'s vqgan.ckpt + '
-                      'vqgan.yaml.')
+  distributed.define_checkpoint_flags()
   flags.DEFINE_multi_string('prompt', [], 'A caption to draw (repeat for several).')
   flags.DEFINE_string('prompts_file', None, 'A text file with one caption per line.')
   flags.DEFINE_string('output', 'samples.png', 'The PNG grid to write.')

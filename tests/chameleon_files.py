@@ -12,9 +12,11 @@ from cm3leon_jax.tokenizers.chameleon import image_token_name
 
 # Chameleon's leading ids: <s> at 0 (seqio's pad id), <pad>, </s>, and its end-of-turn token.
 LEADING = ('<s>', '<pad>', '</s>', '<reserved08706>')
+# The id transformers' processor fills with an image's tokens, in Meta's and transformers' files.
+META_PLACEHOLDER, TRANSFORMERS_PLACEHOLDER = '<reserved08707>', '<image>'
 # After the image tokens, as in Chameleon's file: <eoss> then <racm3:break>, sentinels, reserved.
 TRAILING = ('<eoss>', '<racm3:break>', '<sentinel:0>', '<sentinel:1>', '<sentinel:2>',
-            '<reserved08707>')
+            META_PLACEHOLDER)
 CORPUS = ('a red circle left of a small blue square', 'the quick brown fox jumps over 12 lazy '
           'dogs', 'café, naïve, 東京 and 🙂 emoji', 'tabs\tand  double  spaces\nnew lines')
 
@@ -31,11 +33,13 @@ def _bpe(vocab_size: int) -> dict:
 
 
 def write_tokenizer(path: str, num_image_codes: int = 16, seed: int = 0, vocab_size: int = 400,
-                    drop_code=None) -> dict:
+                    drop_code=None, image_placeholder: str = META_PLACEHOLDER) -> dict:
   """Write a Chameleon-layout tokenizer.json; returns its token -> id map.
 
   Image codes get the ids after LEADING in a shuffled order (code c is not id 4 + c), so code
   and id only agree through the names. `drop_code` leaves one code without a token.
+  `image_placeholder` names the id of transformers' image placeholder: Meta's files call it
+  <reserved08707>, transformers' release '<image>'.
   """
   document = _bpe(vocab_size)
   order = np.random.default_rng(seed).permutation(num_image_codes)
@@ -43,7 +47,8 @@ def write_tokenizer(path: str, num_image_codes: int = 16, seed: int = 0, vocab_s
   names.update({image_token_name(code): len(LEADING) + slot for slot, code in enumerate(order)
                 if code != drop_code})
   first_trailing = len(LEADING) + num_image_codes
-  names.update({name: first_trailing + i for i, name in enumerate(TRAILING)})
+  trailing = tuple(image_placeholder if name == META_PLACEHOLDER else name for name in TRAILING)
+  names.update({name: first_trailing + i for i, name in enumerate(trailing)})
   offset = first_trailing + len(TRAILING)
   names.update({piece: offset + i for piece, i in document['model']['vocab'].items()})
   document['model']['vocab'] = names
@@ -58,7 +63,7 @@ def write_tokenizer(path: str, num_image_codes: int = 16, seed: int = 0, vocab_s
   document['added_tokens'] = [
       {'id': names[name], 'content': name, 'single_word': False, 'lstrip': False,
        'rstrip': False, 'normalized': False, 'special': True}
-      for name in LEADING + TRAILING]
+      for name in LEADING + trailing]
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(document, f, ensure_ascii=False)
   return names

@@ -25,6 +25,7 @@ from flax import traverse_util
 from cm3leon_jax import interop, partitioning
 from cm3leon_jax.decoding import DecodingConfig, generate, generation
 from cm3leon_jax.decoding.chameleon_folder import ChameleonFolderError
+from cm3leon_jax.decoding.export import export_model
 from cm3leon_jax.decoding.pretrained import Pretrained
 from cm3leon_jax.interop import taming_reference
 from cm3leon_jax.interop.errors import CheckpointMismatchError
@@ -94,7 +95,9 @@ def _hf_chameleon(names, vqgan):
 def checkpoint(tmp_path_factory):
   """(folder, transformers model, taming VQ-GAN, the tokenizer's name -> id map)."""
   folder = tmp_path_factory.mktemp('chameleon')
-  names = chameleon_files.write_tokenizer(str(folder / 'tokenizer.json'), CODES)
+  names = chameleon_files.write_tokenizer(  # As transformers' release: with <image>.
+      str(folder / 'tokenizer.json'), CODES,
+      image_placeholder=chameleon_files.TRANSFORMERS_PLACEHOLDER)
   vqgan = _taming_vqgan()
   model = _hf_chameleon(names, vqgan)
   model.save_pretrained(str(folder))
@@ -219,6 +222,61 @@ def test_greedy_caption_of_an_image_equals_transformers_generate(checkpoint, pre
   assert not vocab.is_image(ours).any() and len(ours) > 3
 
 
+def test_greedy_text_about_pixels_equals_transformers_with_its_image_placeholder(checkpoint,
+                                                                              pretrained):
+  _, model, _, names = checkpoint
+  vocab = pretrained.vocab
+  pixels = np.random.default_rng(2).uniform(-1, 1, (1, 16, 16, 3)).astype(np.float32)
+  image = pretrained.encode_images(pixels)[0].tolist()
+  assert len(set(image)) > 2
+
+  def prompt(image_ids):
+    return ([vocab.bos_id] + vocab.encode('Describe') + [vocab.break_id] + image_ids +
+            [vocab.eoss_id] + vocab.encode(' it:'))
+
+  config = DecodingConfig(max_new_tokens=12, temperature=0.0, tokens_per_image=TOKENS_PER_IMAGE,
+                          generate_images=False, stop_ids=(vocab.eos_id,), pad_id=vocab.eos_id)
+  samples = generate(pretrained.model, pretrained.params, [prompt(image)], config, vocab)
+  ours = samples.tokens[0, 0, :samples.num_tokens[0, 0]]
+  # transformers: the placeholder repeated where the image goes, its VQ encoder on the pixels.
+  placeholders = vocab.checkpoint_ids(prompt([-1] * TOKENS_PER_IMAGE))
+  placeholders[placeholders == -1] = names[chameleon_files.TRANSFORMERS_PLACEHOLDER]
+  with torch.no_grad():
+    out = model.generate(torch.tensor([placeholders.tolist()]), max_new_tokens=12,
+                         pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2),
+                         do_sample=False)
+  np.testing.assert_array_equal(ours, vocab.library_ids(out[0, len(placeholders):].numpy()))
+  assert len(ours) > 3
+
+
+def test_exporting_a_loaded_checkpoint_writes_that_checkpoint_back(checkpoint, pretrained,
+                                                                  tmp_path):
+  folder, model, _, names = checkpoint
+  output = export_model(pretrained, str(tmp_path / 'export'))
+  assert sorted(os.listdir(output)) == ['config.json', 'model.safetensors', 'tokenizer',
+                                        'tokenizer.json']
+  assert (tmp_path / 'export' / 'tokenizer.json').read_bytes() == (
+      folder / 'tokenizer.json').read_bytes()
+  exported, info = ChameleonForConditionalGeneration.from_pretrained(
+      output, output_loading_info=True, attn_implementation='eager')
+  assert not info['missing_keys'] and not info['unexpected_keys'], info
+  want, got = model.state_dict(), exported.state_dict()
+  assert got.keys() == want.keys()
+  for name, tensor in want.items():  # In the checkpoint's ids: <s> and <pad> back in place.
+    assert torch.equal(got[name], tensor), name
+  config = exported.config
+  assert config.vocabulary_map == names
+  assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (
+      names['<s>'], names['</s>'], names['<pad>'])
+  back = Pretrained.load(output, dtype='float32')
+  flat, expected = (traverse_util.flatten_dict(p.params, sep='/') for p in (back, pretrained))
+  assert flat.keys() == expected.keys()
+  for path in flat:
+    np.testing.assert_array_equal(flat[path], expected[path], err_msg=path)
+  np.testing.assert_array_equal(generation.text_to_image(back, [CAPTION], GREEDY)[0],
+                                generation.text_to_image(pretrained, [CAPTION], GREEDY)[0])
+
+
 def test_generation_calls_use_chameleons_layout(checkpoint, pretrained):
   _, model, _, _ = checkpoint
   vocab = pretrained.vocab
@@ -272,6 +330,13 @@ def equal_norm_model(checkpoint, tmp_path_factory):
   return str(folder), {k: v for k, v in model.state_dict().items() if 'vqmodel' not in k}
 
 
+def _meta_tokenizer_folder(source, release):
+  """Meta's tokenizer/ of the fixture's checkpoint: its VQ-GAN files, and its tokenizer file with
+  Meta's name for the image placeholder."""
+  shutil.copytree(source / 'tokenizer', release / 'tokenizer')
+  chameleon_files.write_tokenizer(str(release / 'tokenizer' / 'text_tokenizer.json'), CODES)
+
+
 @pytest.mark.parametrize('shards', [1, 2])
 def test_metas_release_layout_loads_to_the_same_parameters_bit_for_bit(equal_norm_model, shards,
                                                                      tmp_path):
@@ -298,8 +363,7 @@ def test_pretrained_loads_metas_release_folder_as_its_transformers_twin(checkpoi
   release = tmp_path / 'release'
   chameleon_files.write_meta_model(str(release / 'models' / '7b'), state, heads=4, kv_heads=2,
                                    shards=2, layers=2, norm_eps=1e-6, rope_theta=500.0)
-  shutil.copytree(source / 'tokenizer', release / 'tokenizer')
-  shutil.copy(source / 'tokenizer.json', release / 'tokenizer' / 'text_tokenizer.json')
+  _meta_tokenizer_folder(source, release)
   twin = Pretrained.load(folder, dtype='float32')
   for path in (release, release / 'models' / '7b'):
     meta = Pretrained.load(str(path), dtype='float32')
@@ -320,8 +384,7 @@ def test_conversion_of_metas_release_loads_in_transformers_unchanged(checkpoint,
   release = tmp_path / 'release'
   chameleon_files.write_meta_model(str(release / 'models' / '7b'), state, heads=4, kv_heads=2,
                                    shards=2, layers=2, norm_eps=1e-6, rope_theta=500.0)
-  shutil.copytree(source / 'tokenizer', release / 'tokenizer')
-  shutil.copy(source / 'tokenizer.json', release / 'tokenizer' / 'text_tokenizer.json')
+  _meta_tokenizer_folder(source, release)
   output = convert_to_transformers(str(release), str(tmp_path / 'hf'), dtype='float32')
   converted, info = ChameleonForConditionalGeneration.from_pretrained(
       output, output_loading_info=True, attn_implementation='eager')
@@ -333,11 +396,9 @@ def test_conversion_of_metas_release_loads_in_transformers_unchanged(checkpoint,
   assert 'quantize.embedding.weight' in encoder_half
   for name, tensor in encoder_half.items():
     assert torch.equal(loaded[f'model.vqmodel.{name}'], tensor), name
-  # transformers' conversion names <reserved08707> '<image>', in the map and the tokenizer file.
-  mapping = converted.config.vocabulary_map
-  assert mapping['<image>'] == names['<reserved08707>'] and '<reserved08707>' not in mapping
-  assert {k: v for k, v in mapping.items() if k != '<image>'} == {
-      k: v for k, v in names.items() if k != '<reserved08707>'}
+  # transformers' conversion names <reserved08707> '<image>', in the map and the tokenizer file,
+  # as the transformers folder the test wrote has it.
+  assert converted.config.vocabulary_map == names and '<image>' in names
   ours = Pretrained.load(output, dtype='float32')  # And it samples here, decoding included.
   images, _ = generation.text_to_image(ours, [CAPTION], GREEDY)
   assert images.shape == (1, 1, 16, 16, 3)

@@ -7,7 +7,10 @@ The folder holds the decoder in transformers' layout (config.json + model.safete
 'cm3leon' family, Chameleon for 'chameleon'), model.json, the text vocabulary and the image
 tokenizer (see cm3leon_jax/decoding/export.py). tools/generate.py and tools/caption.py take it as
 --checkpoint; transformers' OPTForCausalLM / ChameleonForConditionalGeneration.from_pretrained
-load its decoder. The newest checkpoint's parameters are exported, never the optimizer state.
+load it. A 'chameleon' export is a whole Chameleon checkpoint: tokenizer.json, the config's
+vocabulary_map and the VQ-GAN's encoder too, so transformers generates from it. A Chameleon or
+Anole folder given as --checkpoint is written back in its own layout and ids. The newest
+checkpoint's parameters are exported, never the optimizer state.
 """
 
 from absl import app, flags

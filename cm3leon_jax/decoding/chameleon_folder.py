@@ -28,13 +28,15 @@ from cm3leon_jax.interop.meta_chameleon import (MetaChameleonFiles, config_from_
 from cm3leon_jax.interop.meta_tokenizer import config_from_yaml, load_meta_tokenizer
 from cm3leon_jax.models.config import DecoderConfig
 from cm3leon_jax.tokenizers.chameleon import ChameleonVocabulary
-from cm3leon_jax.tokenizers.image import ImageTokenizer
+from cm3leon_jax.tokenizers.image import ImageTokenizer, is_saved_image_tokenizer
 
 TOKENIZER_FILE = 'tokenizer.json'
 META_TOKENIZER_FILE = 'text_tokenizer.json'
 META_VQGAN_FILES = ('vqgan.ckpt', 'vqgan.yaml')
+# The full VQ-GAN's folder inside a checkpoint folder, as Meta's release names it.
+IMAGE_TOKENIZER_DIR = 'tokenizer'
 # The parameters indexed by token id, and the axis that is: where <s> and <pad> trade rows.
-_ID_AXIS = {'embed/token': 0, 'lm_head/kernel': 1}
+ID_AXES = {'embed/token': 0, 'lm_head/kernel': 1}
 
 
 class ChameleonFolderError(ValueError):
@@ -73,8 +75,8 @@ def load(folder: str, config: DecoderConfig, place=None):
   check_decoder_fits(config, vocab, folder)
 
   def in_library_ids(path, x):
-    if path in _ID_AXIS:  # <s> and <pad> trade places (see tokenizers/chameleon.py).
-      x = vocab.swap_rows(x, axis=_ID_AXIS[path])
+    if path in ID_AXES:  # <s> and <pad> trade places (see tokenizers/chameleon.py).
+      x = vocab.swap_rows(x, axis=ID_AXES[path])
     return place(path, x) if place else x
 
   streamed = None if config.scan_layers else in_library_ids
@@ -83,7 +85,7 @@ def load(folder: str, config: DecoderConfig, place=None):
   else:
     _, params = load_meta_chameleon(meta[0], config, place=streamed)
   if streamed is None:
-    for path, axis in _ID_AXIS.items():
+    for path, axis in ID_AXES.items():
       module, name = path.split('/')
       params[module][name] = vocab.swap_rows(params[module][name], axis=axis)
   return params, vocab, image_folder
@@ -118,12 +120,13 @@ def load_meta_vocabulary(tokenizer_dir: str) -> ChameleonVocabulary:
 
 
 def image_tokenizer_folder(folder: str) -> Optional[str]:
-  """Where the folder's full VQ-GAN is: the folder itself or its tokenizer/ (Meta's files), or
-  None."""
-  for candidate in (folder, os.path.join(folder, 'tokenizer')):
+  """Where the folder's full VQ-GAN is: the folder itself or its tokenizer/ (Meta's files, or
+  an image tokenizer saved by this library, as an export writes it), or None."""
+  for candidate in (folder, os.path.join(folder, IMAGE_TOKENIZER_DIR)):
     if all(os.path.isfile(os.path.join(candidate, name)) for name in META_VQGAN_FILES):
       return candidate
-  return None
+  saved = os.path.join(folder, IMAGE_TOKENIZER_DIR)
+  return saved if is_saved_image_tokenizer(saved) else None
 
 
 def load_image_tokenizer(path: str) -> ImageTokenizer:

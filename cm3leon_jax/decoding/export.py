@@ -4,13 +4,20 @@ An exported folder holds::
 
   config.json, model.safetensors   the decoder in transformers' layout: OPTForCausalLM for the
                                    'cm3leon' family, ChameleonForConditionalGeneration for
-                                   'chameleon' (interop/hf_opt.py, interop/hf_chameleon.py)
+                                   'chameleon' (with the VQ-GAN's encoder half, as released
+                                   Chameleon checkpoints hold it)
+  tokenizer.json                   'chameleon' only: the vocabulary as one tokenizers file, the
+                                   config's vocabulary_map naming every id (chameleon_export.py)
   model.json                       as in a training run, plus "weights" naming that layout
   text_vocabulary.model            the text vocabulary
   image_tokenizer/                 the VQ-GAN (ImageTokenizer.save)
 
 so ``Pretrained.load(folder)`` and ``tools/generate.py --checkpoint=folder`` work on it exactly as
 on the training run, without the optimizer state, the run's other files or absolute paths.
+
+A model loaded from a Chameleon checkpoint is written back as a Chameleon folder of the same kind
+(config.json, model.safetensors, tokenizer.json, the full VQ-GAN in tokenizer/), in the
+checkpoint's own ids, with no model.json.
 """
 
 import os
@@ -19,8 +26,10 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
+from cm3leon_jax.decoding import chameleon_export, chameleon_folder
 from cm3leon_jax.decoding import pretrained as pretrained_lib
 from cm3leon_jax.decoding.pretrained import Pretrained, PretrainedError
+from cm3leon_jax.tokenizers.chameleon import ChameleonVocabulary
 
 IMAGE_TOKENIZER_DIR = 'image_tokenizer'
 
@@ -30,8 +39,12 @@ def _save_weights(model: Pretrained, output_dir: str, dtype: Optional[str]) -> s
   config = model.model.config
   if config.family not in pretrained_lib.WEIGHT_FORMATS:
     raise PretrainedError(f'No export layout for model family {config.family!r}.')
-  _, save = pretrained_lib.WEIGHT_FORMATS[config.family]
-  save(output_dir, config, model.params, dtype)
+  if config.family == 'chameleon':
+    chameleon_export.save_transformers_folder(output_dir, config, model.params, model.vocab,
+                                              model.image_tokenizer, dtype)
+  else:
+    _, save = pretrained_lib.WEIGHT_FORMATS[config.family]
+    save(output_dir, config, model.params, dtype)
   return config.family
 
 
@@ -60,6 +73,11 @@ def export_model(model: Pretrained, output_dir: str, dtype: Optional[str] = None
   tokenizer = model.image_tokenizer  # Raises, naming the fix, when the run names none.
   os.makedirs(output_dir, exist_ok=True)
   family = _save_weights(model, output_dir, dtype)
+  if isinstance(model.vocab, ChameleonVocabulary):  # A Chameleon checkpoint stays one.
+    full_vqgan = os.path.join(output_dir, chameleon_folder.IMAGE_TOKENIZER_DIR)
+    chameleon_export.save_full_vqgan(full_vqgan, model.image_tokenizer_path, tokenizer)
+    logging.info('Exported %s to %s as a Chameleon checkpoint.', model.model_dir, output_dir)
+    return output_dir
   tokenizer.save(os.path.join(output_dir, IMAGE_TOKENIZER_DIR))
   weights = {'format': family, 'dtype': dtype or str(np.dtype(model.model.config.param_dtype))}
   pretrained_lib.write_model_files(output_dir, model.model.config, model.vocab,

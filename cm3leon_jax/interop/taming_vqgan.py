@@ -83,6 +83,26 @@ def params_from_torch_state_dict(state_dict: Mapping[str, np.ndarray], config: V
   return traverse_util.unflatten_dict(flat)
 
 
+def torch_state_dict(params, config: VQGANConfig,
+                     without: Tuple[str, ...] = ()) -> Dict[str, np.ndarray]:
+  """Our VQGAN parameters as a taming VQModel state dict (the inverse of
+  ``params_from_torch_state_dict``): taming key -> float32 numpy array in torch's layout.
+
+  `without` leaves out top-level submodules, e.g. ('decoder',) for the encoder half that
+  transformers' ChameleonVQVAE holds.
+  """
+  flat = traverse_util.flatten_dict(params)
+  expected = traverse_util.flatten_dict(abstract_params(config))
+  if set(flat) != set(expected):
+    raise CheckpointMismatchError(f'These parameters are not those of {config}.')
+  return {torch_name(path): _to_torch(np.asarray(value, np.float32), path[-1])
+          for path, value in flat.items() if path[0] not in without}
+
+
+def _to_torch(value: np.ndarray, leaf: str) -> np.ndarray:
+  return np.ascontiguousarray(np.transpose(value, (3, 2, 0, 1))) if leaf == 'kernel' else value
+
+
 def load_taming_checkpoint(ckpt_path: str) -> Dict[str, np.ndarray]:
   """The VQModel tensors (as float32 numpy) of a taming Lightning `.ckpt`, without 'loss.*'."""
   state_dict = load_torch_state_dict(ckpt_path)

@@ -127,8 +127,14 @@ def _checkpoint_paths(directory: str):
   params_path = os.path.join(directory, PARAMS_DIR)
   if not os.path.isdir(directory):
     raise TokenizerCheckpointError(f'Image tokenizer directory {directory} does not exist.')
-  if not (os.path.isfile(config_path) and os.path.isdir(params_path)):
+  if not is_saved_image_tokenizer(directory):
     raise TokenizerCheckpointError(
         f'{directory} is not an image tokenizer checkpoint: expected {CONFIG_FILE} and '
         f'{PARAMS_DIR}/ written by ImageTokenizer.save.')
   return config_path, params_path
+
+
+def is_saved_image_tokenizer(directory: str) -> bool:
+  """Whether `directory` holds an image tokenizer written by ImageTokenizer.save."""
+  return (os.path.isfile(os.path.join(directory, CONFIG_FILE)) and
+          os.path.isdir(os.path.join(directory, PARAMS_DIR)))

@@ -33,6 +33,7 @@ from cm3leon_jax.interop.meta_chameleon import load_meta_chameleon
 from cm3leon_jax.interop.meta_to_transformers import convert_to_transformers
 from cm3leon_jax.models.vqgan_config import VQGANConfig
 from cm3leon_jax.tokenizers.chameleon import ChameleonVocabularyError
+from cm3leon_jax.tokenizers.multimodal import Image, Text
 import chameleon_files
 from helpers import run_tool
 
@@ -220,6 +221,69 @@ def test_greedy_caption_of_an_image_equals_transformers_generate(checkpoint, pre
   theirs = out[0, len(prompt):].tolist()
   np.testing.assert_array_equal(ours, vocab.library_ids(theirs))
   assert not vocab.is_image(ours).any() and len(ours) > 3
+
+
+def _oracle_interleaved(model, prompt, names, steps):
+  """transformers' greedy continuation, its image masking undone, with the modality rule: after
+  <racm3:break> exactly N image tokens then <eoss>; outside an image no image token."""
+  image_ids = sorted(v for k, v in names.items() if k.startswith('IMGIMG'))
+  text_ids = sorted(set(range(model.config.vocab_size)) - set(image_ids))
+  ids, left = list(prompt), None
+  with torch.no_grad():
+    for _ in range(steps):
+      logits = model.lm_head(model.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1])
+      allowed = text_ids if left is None else image_ids if left else [names['<eoss>']]
+      blocked = torch.full_like(logits, float('-inf'))
+      blocked[allowed] = 0.0
+      ids.append(int(torch.argmax(logits + blocked)))
+      if ids[-1] == names['</s>']:
+        break
+      if left is None and ids[-1] == names['<racm3:break>']:
+        left, opened = TOKENS_PER_IMAGE, len(ids) - 1
+      elif left is not None:
+        left = None if left == 0 else left - 1
+  # An image the step limit cuts short is left out, with its <racm3:break>.
+  return ids[len(prompt):opened if left is not None else None]
+
+
+INTERLEAVED = [Text('Describe'), Image(np.arange(CODES) % 7), Text(' and draw it')]
+
+
+@pytest.fixture(scope='module')
+def image_opening(checkpoint, pretrained, tmp_path_factory):
+  """(transformers model, Pretrained) of the checkpoint with <racm3:break>'s output row 1.2 times
+  that of the token the model first picks after INTERLEAVED (whose logit is positive), so that
+  its greedy continuation opens an image there: a random model's never does."""
+  source, model, _, names = checkpoint
+  vocab = pretrained.vocab
+  model = copy.deepcopy(model)
+  prompt = vocab.checkpoint_ids([vocab.bos_id] + vocab.encode_document(INTERLEAVED)).tolist()
+  with torch.no_grad():
+    logits = model.lm_head(model.model(input_ids=torch.tensor([prompt])).last_hidden_state[0, -1])
+    first = int(torch.argmax(logits))
+    assert logits[first] > 0 and first != names['<racm3:break>']
+    model.lm_head.weight[names['<racm3:break>']] = 1.2 * model.lm_head.weight[first]
+  folder = tmp_path_factory.mktemp('image_opening')
+  model.save_pretrained(str(folder))
+  shutil.copy(source / 'tokenizer.json', folder)
+  shutil.copytree(source / 'tokenizer', folder / 'tokenizer')
+  return model, Pretrained.load(str(folder), dtype='float32')
+
+
+def test_an_interleaved_continuation_equals_transformers_text_and_images(checkpoint,
+                                                                        image_opening):
+  names = checkpoint[3]
+  model, pretrained = image_opening
+  vocab = pretrained.vocab
+  prompt = [vocab.bos_id] + vocab.encode_document(INTERLEAVED)
+  steps = pretrained.model.config.max_length - len(prompt)
+  theirs = vocab.library_ids(_oracle_interleaved(model, vocab.checkpoint_ids(prompt).tolist(),
+                                                 names, steps))
+  segments = generation.continue_document(pretrained, [INTERLEAVED], GREEDY, steps)[0][0]
+  assert segments == vocab.decode_document(theirs.tolist())
+  images = [s for s in segments if isinstance(s, Image)]
+  assert images and all(len(image.codes) == TOKENS_PER_IMAGE for image in images)
+  assert segments.index(images[0]) < len(segments) - 1  # Closed by <eoss>, then it went on.
 
 
 def test_greedy_text_about_pixels_equals_transformers_with_its_image_placeholder(checkpoint,

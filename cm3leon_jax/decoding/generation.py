@@ -6,6 +6,7 @@ sections 3 and 4).
   caption         ``<sentinel:0> <break> image <infill> <sentinel:0>`` -> caption text <eoss>
   answer          ``image <break> question`` -> text (VQA-style prompts)
   infill          ``body with a span masked <infill> <sentinel:0>`` -> that span, text or image
+  continue_document  an interleaved document -> what follows, text and whole images
   rerank          order n samples of a prompt by CLIP similarity to its caption
 
 Each task fills in the decoding settings it needs (modality control, number of new tokens, stop
@@ -21,6 +22,7 @@ import numpy as np
 from cm3leon_jax.data import objective
 from cm3leon_jax.decoding import DecodingConfig, DecodingError, generate
 from cm3leon_jax.decoding.pretrained import Pretrained
+from cm3leon_jax.tokenizers.multimodal import Segment
 
 # The image settings of Chameleon's inference code (facebookresearch/chameleon, Options.Image):
 # in-batch guidance with text scale 3 and image scale 1.2, temperature 0.7, top-p 0.9.
@@ -181,6 +183,45 @@ def infill(pretrained: Pretrained, document: Sequence[int], span: Tuple[int, int
     config = _text_config(pretrained, config, max_text_tokens)
   samples = generate(pretrained.model, pretrained.params, [prompt], config, vocab)
   return samples.tokens[0]
+
+
+def continue_document(pretrained: Pretrained, documents: Sequence[Sequence[Segment]],
+                      config: DecodingConfig, max_new_tokens: int = 64
+                      ) -> List[List[List[Segment]]]:
+  """What follows interleaved documents, text and images as the model chooses: segments
+  [P][num_decodes][...] (``Text``, and ``Image`` of its codes: ``pretrained.decode_images(
+  vocab.image_ids([image.codes]))`` gives its pixels).
+
+  Each prompt is the document in the vocabulary's layout (Chameleon's: ``<s> text <racm3:break>
+  image <eoss> text``). A sample may open an image, which then holds exactly N codes; it ends at
+  the end token or after `max_new_tokens`, and an image that the limit cuts short is left out.
+  """
+  vocab = pretrained.vocab
+  prompts = [list(vocab.sequence_start_ids) + vocab.encode_document(segments)
+             for segments in documents]
+  n = pretrained.tokens_per_image
+  config = dataclasses.replace(
+      config, max_new_tokens=max_new_tokens, tokens_per_image=n, generate_images=True,
+      image_open_id=None, image_close_id=None, stop_ids=(vocab.eos_id,), pad_id=vocab.eos_id,
+      uncond_mask_id=mask_token(pretrained))
+  samples = generate(pretrained.model, pretrained.params, prompts, config, vocab)
+  return [[vocab.decode_document(_whole_images(vocab, tokens[:count]))
+           for tokens, count in zip(row, counts)]
+          for row, counts in zip(samples.tokens, samples.num_tokens)]
+
+
+def _whole_images(vocab, tokens: np.ndarray) -> List[int]:
+  """`tokens` without their end token and without an image still open at their end (with the
+  token that opened it): every image left is whole."""
+  tokens = tokens.tolist()
+  if tokens and tokens[-1] == vocab.eos_id:
+    tokens = tokens[:-1]
+  end = len(tokens)
+  while end and vocab.is_image(tokens[end - 1]):
+    end -= 1
+  if end < len(tokens):  # The sample stopped inside an image: drop it and its open token.
+    return tokens[:end - 1] if end and tokens[end - 1] == vocab.image_open_id else tokens[:end]
+  return tokens
 
 
 def rerank(encoder, images: np.ndarray, caption_text: str) -> np.ndarray:

@@ -26,7 +26,7 @@ from cm3leon_jax import interop, partitioning
 from cm3leon_jax.decoding import DecodingConfig, generate, generation
 from cm3leon_jax.decoding.chameleon_folder import ChameleonFolderError
 from cm3leon_jax.decoding.export import export_model
-from cm3leon_jax.decoding.pretrained import Pretrained
+from cm3leon_jax.decoding.pretrained import Pretrained, PretrainedError
 from cm3leon_jax.interop import taming_reference
 from cm3leon_jax.interop.errors import CheckpointMismatchError
 from cm3leon_jax.interop.meta_chameleon import load_meta_chameleon
@@ -501,6 +501,21 @@ def test_a_vocabulary_map_missing_image_names_is_named(checkpoint, tmp_path):
   with pytest.raises(ChameleonVocabularyError, match="vocabulary_map lacks 1 image token.*"
                                                      "'IMGIMGBCZ'"):
     Pretrained.load(str(folder))
+
+
+def test_a_vq_gan_whose_codebook_differs_from_the_vocabulary_is_named(checkpoint, tmp_path,
+                                                                      shared_tokenizers):
+  folder = tmp_path / 'folder'
+  shutil.copytree(checkpoint[0], folder)
+  config = json.loads((folder / 'config.json').read_text())
+  config['vq_config']['num_embeddings'] = 2 * CODES
+  (folder / 'config.json').write_text(json.dumps(config))
+  with pytest.raises(ChameleonVocabularyError, match=f'codebook has {2 * CODES} codes'):
+    Pretrained.load(str(folder))
+  # An image tokenizer given in place of the checkpoint's: the test tokenizer has 64 codes.
+  model = Pretrained.load(str(checkpoint[0]), image_tokenizer=shared_tokenizers[1])
+  with pytest.raises(PretrainedError, match=f'codebook of 64 codes but .* has {CODES} image'):
+    model.image_tokenizer  # pylint: disable=pointless-statement
 
 
 def test_a_folder_without_its_tokenizer_is_named(checkpoint, tmp_path):

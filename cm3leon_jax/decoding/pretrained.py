@@ -179,7 +179,13 @@ class Pretrained:
             f'{self.model_dir} names no image tokenizer that exists ({path!r}); images cannot be '
             'encoded or decoded. Give the tokenizer folder (e.g. --image_tokenizer=...: one '
             'saved here, or Meta\'s vqgan.ckpt + vqgan.yaml).')
-      self._image_tokenizer = chameleon_folder.load_image_tokenizer(path)
+      tokenizer = chameleon_folder.load_image_tokenizer(path)
+      if tokenizer.config.n_embed != self.vocab.num_image_codes:
+        raise PretrainedError(
+            f'The image tokenizer {path} has a codebook of {tokenizer.config.n_embed} codes but '
+            f'the vocabulary of {self.model_dir} has {self.vocab.num_image_codes} image tokens; '
+            'give the tokenizer the model was trained with.')
+      self._image_tokenizer = tokenizer
     return self._image_tokenizer
 
   @property

@@ -15,6 +15,7 @@ import shutil
 import numpy as np
 from PIL import Image as PILImage
 import pytest
+import tokenizers
 import torch
 import yaml
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration
@@ -439,6 +440,16 @@ def test_pretrained_loads_metas_release_folder_as_its_transformers_twin(checkpoi
     assert os.path.samefile(meta.image_tokenizer_path, release / 'tokenizer')
     np.testing.assert_array_equal(generation.text_to_image(meta, [CAPTION], GREEDY)[1],
                                   generation.text_to_image(twin, [CAPTION], GREEDY)[1])
+  # Exported, Meta's release becomes its transformers twin: the decoder's tensors, and the
+  # tokenizer file and vocabulary_map with <reserved08707> named <image>.
+  exported = export_model(meta, str(tmp_path / 'exported'))
+  loaded = ChameleonForConditionalGeneration.from_pretrained(exported).state_dict()
+  for name, tensor in state.items():
+    assert torch.equal(loaded[name], tensor), name
+  with open(os.path.join(exported, 'config.json')) as f:
+    assert json.load(f)['vocabulary_map'] == checkpoint[3]
+  assert tokenizers.Tokenizer.from_file(os.path.join(exported, 'tokenizer.json')).get_vocab(
+      with_added_tokens=True) == checkpoint[3]
 
 
 def test_conversion_of_metas_release_loads_in_transformers_unchanged(checkpoint,

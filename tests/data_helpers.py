@@ -2,6 +2,7 @@
 seqio batches made from them."""
 
 import collections
+import json
 import os
 
 import jax
@@ -12,7 +13,7 @@ from cm3leon_jax.data import objective
 from cm3leon_jax.data import preprocess
 from cm3leon_jax.data.assembly import AssemblyConfig, TokenLayout
 from cm3leon_jax.data.seqio_ops import CM3FeatureConverter
-from cm3leon_jax.data.store import DocumentStore
+from cm3leon_jax.data.store import DocumentStore, write_shard
 from cm3leon_jax.tokenizers.image import ImageTokenizer
 from cm3leon_jax.models.vqgan import VQGAN
 from cm3leon_jax.cli import train_text_tokenizer
@@ -87,3 +88,17 @@ def stored(store_dir, split='train'):
   vocab = store.vocabulary()
   return collections.Counter((vocab.decode(d.text_ids.tolist()), tuple(d.image_codes.tolist()))
                              for d in store.documents())
+
+
+def write_split_like(split_dir, documents, like_split_dir, **manifest_changes):
+  """A one-shard store split of `documents` with the vocabulary and manifest of another split."""
+  write_shard(str(split_dir), 0, 1, documents)
+  manifest = dict(DocumentStore(str(like_split_dir)).manifest, num_documents=len(documents),
+                  shards=[{'file': 'documents-00000-of-00001.tfrecord',
+                           'num_documents': len(documents)}], **manifest_changes)
+  with open(os.path.join(split_dir, 'manifest.json'), 'w') as f:
+    json.dump(manifest, f)
+  vocab_file = manifest['vocabulary']['text_vocabulary']
+  with open(os.path.join(like_split_dir, vocab_file), 'rb') as source:
+    with open(os.path.join(split_dir, vocab_file), 'wb') as target:
+      target.write(source.read())

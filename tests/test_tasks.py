@@ -1,7 +1,6 @@
 """seqio tasks over document stores: batches decode back to the stored documents."""
 
 import collections
-import json
 import os
 
 import numpy as np
@@ -14,7 +13,7 @@ from data_helpers import LENGTH, batches, decoded_documents, examples_of, stored
 from helpers import ROOT, run_tool
 from cm3leon_jax.data import preprocess
 from cm3leon_jax.data.sources import CocoCaptionsSource, SyntheticSource
-from cm3leon_jax.data.store import DocumentStore, write_shard
+from cm3leon_jax.data.store import DocumentStore
 import tasks
 
 
@@ -74,14 +73,7 @@ def test_retrieved_documents_come_before_the_query(synthetic_store, tmp_path):
     d.neighbour_text_ids = tuple(n.text_ids for n in neighbours)
     d.neighbour_image_codes = tuple(n.image_codes for n in neighbours)
   split_dir = tmp_path / 'retrieved' / 'train'
-  write_shard(str(split_dir), 0, 1, docs)
-  manifest = DocumentStore(os.path.join(synthetic_store, 'train')).manifest
-  manifest = dict(manifest, num_documents=10,
-                  shards=[{'file': 'documents-00000-of-00001.tfrecord', 'num_documents': 10}])
-  (split_dir / 'manifest.json').write_text(json.dumps(manifest))
-  vocab_file = manifest['vocabulary']['text_vocabulary']
-  (split_dir / vocab_file).write_bytes(
-      open(os.path.join(synthetic_store, 'train', vocab_file), 'rb').read())
+  data_helpers.write_split_like(split_dir, docs, os.path.join(synthetic_store, 'train'))
   tasks.register_store_task('test_retrieved', str(tmp_path / 'retrieved'))
   vocab = DocumentStore(str(split_dir)).vocabulary()
   key = lambda d: (d.text, tuple(d.image_codes.tolist()))

@@ -180,7 +180,9 @@ class CM3Result(NamedTuple):
 
   Attributes:
     tokens: int32 [len(input) + extra_tokens(n)], the rearranged sequence.
-    loss_weights: int32, like tokens: 0 at the in-place sentinels, 1 elsewhere.
+    loss_weights: int32, like tokens: 0 at the in-place sentinels; elsewhere 1, or, given the
+      input's own weights, each token's weight, a moved span's sentinel and <eoss> weighing as the
+      most its tokens weigh and <infill> as the most any input token weighs.
     spans: the n masked spans (Span(start, end) token offsets into the input), left to right.
     num_spans_drawn: n as drawn, before it was reduced to what the example can hold.
   """
@@ -323,7 +325,8 @@ def _whole_text_segment(units: Units, rng: np.random.Generator,
 
 
 def rearrange(tokens, rng: np.random.Generator, tokens_ids: CM3Tokens,
-              config: CM3Config, num_spans: Optional[int] = None) -> CM3Result:
+              config: CM3Config, num_spans: Optional[int] = None,
+              token_weights: Optional[np.ndarray] = None) -> CM3Result:
   """Mask spans of one example and move them to its end (the CM3 objective).
 
   Args:
@@ -333,6 +336,8 @@ def rearrange(tokens, rng: np.random.Generator, tokens_ids: CM3Tokens,
     tokens_ids: the special ids.
     config: span count and sentinel style.
     num_spans: use this n (as drawn by `draw_span_count`) instead of drawing one.
+    token_weights: 0/1 loss weights of the input tokens (0 on an instruction's prompt when the
+      loss covers outputs only); default all 1. They move with their tokens.
 
   Returns:
     CM3Result: body + <infill> + (sentinel_i, span_i, <eoss>) for each span i left to right, where
@@ -340,6 +345,10 @@ def rearrange(tokens, rng: np.random.Generator, tokens_ids: CM3Tokens,
     units (empty, or boundary tokens only) comes back unchanged, with 0 spans.
   """
   tokens = _as_example(tokens)
+  base = np.ones(len(tokens), np.int32) if token_weights is None else np.asarray(
+      token_weights, np.int32)
+  if base.shape != tokens.shape:
+    raise ValueError(f'token_weights has shape {base.shape}, the tokens {tokens.shape}.')
   if config.sentinel_style == 'enumerated' and len(tokens_ids.sentinel_ids) < config.max_spans:
     raise ValueError(f'max_spans={config.max_spans} needs as many sentinel ids; CM3Tokens has '
                      f'{len(tokens_ids.sentinel_ids)}.')
@@ -351,7 +360,7 @@ def rearrange(tokens, rng: np.random.Generator, tokens_ids: CM3Tokens,
   capacity = (units.segment_sizes + 1) // 2
   n = min(drawn, int(capacity.sum()))
   if n == 0:
-    return CM3Result(tokens.copy(), np.ones(len(tokens), np.int32), [], drawn)
+    return CM3Result(tokens.copy(), base.copy(), [], drawn)
   whole = _whole_text_segment(units, rng, config)
   if whole is not None:
     n = min(drawn, 1 + int(capacity.sum() - capacity[whole]))
@@ -369,10 +378,10 @@ def rearrange(tokens, rng: np.random.Generator, tokens_ids: CM3Tokens,
   cut_units = np.concatenate(cut_units)
   span_starts, span_ends = units.starts[cut_units[0::2]], units.ends[cut_units[1::2] - 1]
   return _assemble(tokens, span_starts, span_ends, _sentinels(n, tokens_ids, config),
-                   tokens_ids, drawn)
+                   tokens_ids, drawn, base)
 
 
-def _assemble(tokens, span_starts, span_ends, sentinels, ids, drawn) -> CM3Result:
+def _assemble(tokens, span_starts, span_ends, sentinels, ids, drawn, base) -> CM3Result:
   """Lay out body, <infill> and moved spans with one gather from [tokens, sentinels, markers]."""
   n, length = len(span_starts), len(tokens)
   source = np.concatenate([tokens, sentinels, np.array([ids.infill_id, ids.eoss_id], np.int32)])
@@ -384,8 +393,13 @@ def _assemble(tokens, span_starts, span_ends, sentinels, ids, drawn) -> CM3Resul
   pieces += [np.arange(after, length), [infill]]
   for i, (start, end) in enumerate(zip(span_starts.tolist(), span_ends.tolist())):
     pieces += [[length + i], np.arange(start, end), [eoss]]
-  output = source[np.concatenate(pieces).astype(np.intp)]
-  weights = np.ones(len(output), np.int32)
+  gather = np.concatenate(pieces).astype(np.intp)
+  output = source[gather]
+  span_weights = [int(base[start:end].max()) for start, end in zip(span_starts, span_ends)]
+  source_weights = np.concatenate([base, span_weights, [base.max(), 0]]).astype(np.int32)
+  weights = source_weights[gather]
+  # Each span's <eoss> weighs as its span (the gather gives every <eoss> the same source slot).
+  weights[output == ids.eoss_id] = span_weights
   masked_before = np.cumsum(span_ends - span_starts) - (span_ends - span_starts)
   weights[span_starts - masked_before + np.arange(n)] = 0
   spans = [Span(start, end) for start, end in zip(span_starts.tolist(), span_ends.tolist())]

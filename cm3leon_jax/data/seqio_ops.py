@@ -15,12 +15,14 @@ import seqio
 import tensorflow as tf
 
 from cm3leon_jax.data import assembly
+from cm3leon_jax.data import store as store_lib
 
 # seqio's packing treats 0 as padding in every feature and drops it, so the task feature holds
 # loss weight + 1 and the feature converter subtracts it again.
 WEIGHT_OFFSET = 1
 TOKEN_FEATURES = ('text_ids', 'image_codes', 'neighbour_text_ids', 'neighbour_text_lengths',
-                  'neighbour_image_codes', 'neighbour_image_lengths')
+                  'neighbour_image_codes', 'neighbour_image_lengths', 'part_kinds',
+                  'part_outputs', 'part_joined', 'part_ids', 'part_lengths')
 
 
 def store_tokens(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -29,10 +31,20 @@ def store_tokens(dataset: tf.data.Dataset) -> tf.data.Dataset:
                      num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _ragged(flat, lengths):
+  return np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
 def _neighbours(flat_text, text_lengths, flat_image, image_lengths):
-  texts = np.split(flat_text, np.cumsum(text_lengths)[:-1]) if len(text_lengths) else []
-  images = np.split(flat_image, np.cumsum(image_lengths)[:-1]) if len(image_lengths) else []
-  return list(zip(texts, images))
+  return list(zip(_ragged(flat_text, text_lengths), _ragged(flat_image, image_lengths)))
+
+
+def _query(text_ids, image_codes, kinds, outputs, joined, flat_ids, lengths):
+  """The query as assembly takes it: an instruction document's parts when it has them."""
+  if not len(kinds):
+    return text_ids, image_codes
+  return assembly.PartsTokens(is_image=kinds == store_lib.IMAGE_PART, outputs=outputs > 0,
+                              joined=joined > 0, ids=_ragged(flat_ids, lengths))
 
 
 def _rng(seed: np.ndarray) -> np.random.Generator:
@@ -43,10 +55,11 @@ def make_assembler(layout: assembly.TokenLayout, config: assembly.AssemblyConfig
                    max_length: int):
   """The numpy function the preprocessor calls: token features + seed -> (targets, weights)."""
 
-  def assemble(text_ids, image_codes, n_text, n_text_lengths, n_image, n_image_lengths, seed):
+  def assemble(text_ids, image_codes, n_text, n_text_lengths, n_image, n_image_lengths,
+               kinds, outputs, joined, part_ids, part_lengths, seed):
     retrieved = _neighbours(n_text, n_text_lengths, n_image, n_image_lengths)
-    example = assembly.assemble((text_ids, image_codes), retrieved, max_length, _rng(seed),
-                                layout, config)
+    query = _query(text_ids, image_codes, kinds, outputs, joined, part_ids, part_lengths)
+    example = assembly.assemble(query, retrieved, max_length, _rng(seed), layout, config)
     if example is None:  # Filtered out below: the query's image alone does not fit.
       return np.zeros(0, np.int32), np.zeros(0, np.int32)
     tokens, weights = example

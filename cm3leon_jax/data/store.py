@@ -14,6 +14,12 @@ caption index), and a document's shard depends only on its source index, so a st
 depend on how many workers wrote it. Preprocessing with a CLIP adds each image's CLIP embedding
 (``clip_image_embedding``), and the retrieval stage adds neighbours (their ids and tokens, ragged
 lists stored flat with their lengths) to each record; until then those features are empty.
+
+An instruction document (supervised fine-tuning: an edit pair, a control image and its target, a
+question about an image) holds several texts and images in order instead: its ``parts``, each a
+text's ids or an image's raw codes, with whether it is the task's output and whether a text
+continues the previous one without a <break> (``data.sft_templates``). Stores of format 1, written
+before parts existed, read as documents without parts.
 """
 
 import dataclasses
@@ -30,16 +36,29 @@ from cm3leon_jax.tokenizers.multimodal import MultimodalVocabulary
 
 MANIFEST = 'manifest.json'
 BAD_RECORDS = 'bad_records.jsonl'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
+TEXT_PART, IMAGE_PART = 0, 1
 
 
 class StoreError(ValueError):
   """A folder that is not a readable document store; the message names the folder and the fix."""
 
 
+@dataclasses.dataclass(frozen=True)
+class DocumentPart:
+  """One text (its ids) or image (its raw codes) of an instruction document."""
+
+  kind: int  # TEXT_PART or IMAGE_PART.
+  ids: np.ndarray
+  output: bool = False
+  joined: bool = False  # A text continuing the previous text part, with no <break> between.
+
+
 @dataclasses.dataclass
 class Document:
-  """One caption-image document as the store holds it."""
+  """One caption-image document, or an instruction document of several parts, as the store
+  holds it."""
 
   id: str
   index: int
@@ -52,6 +71,7 @@ class Document:
   neighbour_text_ids: Tuple[np.ndarray, ...] = ()
   neighbour_image_codes: Tuple[np.ndarray, ...] = ()
   clip_image_embedding: Optional[np.ndarray] = None  # Unit-norm float32 [dim], for retrieval.
+  parts: Tuple[DocumentPart, ...] = ()
 
   @property
   def sort_key(self) -> Tuple[int, int]:
@@ -81,6 +101,7 @@ def to_example_bytes(doc: Document) -> bytes:
   """The serialized tf.train.Example of a document."""
   neighbour_text, neighbour_text_lengths = _ragged(doc.neighbour_text_ids)
   neighbour_image, neighbour_image_lengths = _ragged(doc.neighbour_image_codes)
+  part_ids, part_lengths = _ragged([part.ids for part in doc.parts])
   features = {
       'id': _bytes_feature([doc.id]),
       'index': _int_feature([doc.index]),
@@ -96,6 +117,11 @@ def to_example_bytes(doc: Document) -> bytes:
       'neighbour_image_lengths': _int_feature(neighbour_image_lengths),
       'clip_image_embedding': _float_feature(
           () if doc.clip_image_embedding is None else doc.clip_image_embedding),
+      'part_kinds': _int_feature([part.kind for part in doc.parts]),
+      'part_outputs': _int_feature([part.output for part in doc.parts]),
+      'part_joined': _int_feature([part.joined for part in doc.parts]),
+      'part_ids': _int_feature(part_ids),
+      'part_lengths': _int_feature(part_lengths),
   }
   # Deterministic: protobuf map order would otherwise differ between processes.
   example = tf.train.Example(features=tf.train.Features(feature=features))
@@ -112,13 +138,18 @@ def from_example_bytes(data: bytes) -> Document:
   ints = lambda key: np.asarray(feature[key].int64_list.value, np.int32)
   strings = lambda key: tuple(v.decode('utf-8') for v in feature[key].bytes_list.value)
   clip = feature['clip_image_embedding'].float_list.value
+  # Records of format 1 have no part features: reading them gives empty lists, so no parts.
+  parts = tuple(
+      DocumentPart(int(kind), ids, bool(output), bool(joined)) for kind, ids, output, joined in zip(
+          ints('part_kinds'), _split(ints('part_ids'), ints('part_lengths')),
+          ints('part_outputs'), ints('part_joined')))
   return Document(
       id=strings('id')[0], index=int(ints('index')[0]), caption_index=int(ints('caption_index')[0]),
       text=strings('text')[0], text_ids=ints('text_ids'), image_codes=ints('image_codes'),
       metadata=json.loads(strings('metadata')[0]), neighbour_ids=strings('neighbour_ids'),
       neighbour_text_ids=_split(ints('neighbour_text_ids'), ints('neighbour_text_lengths')),
       neighbour_image_codes=_split(ints('neighbour_image_codes'), ints('neighbour_image_lengths')),
-      clip_image_embedding=np.asarray(clip, np.float32) if clip else None)
+      clip_image_embedding=np.asarray(clip, np.float32) if clip else None, parts=parts)
 
 
 def feature_description() -> Dict[str, Any]:
@@ -127,7 +158,9 @@ def feature_description() -> Dict[str, Any]:
   return {'id': tf.io.FixedLenFeature([], tf.string),
           'text_ids': ragged(), 'image_codes': ragged(),
           'neighbour_text_ids': ragged(), 'neighbour_text_lengths': ragged(),
-          'neighbour_image_codes': ragged(), 'neighbour_image_lengths': ragged()}
+          'neighbour_image_codes': ragged(), 'neighbour_image_lengths': ragged(),
+          'part_kinds': ragged(), 'part_outputs': ragged(), 'part_joined': ragged(),
+          'part_ids': ragged(), 'part_lengths': ragged()}
 
 
 def shard_name(shard: int, num_shards: int) -> str:
@@ -175,9 +208,10 @@ class DocumentStore:
                        'Write one with tools/preprocess.py.')
     with tf.io.gfile.GFile(manifest_path) as f:
       self.manifest = json.load(f)
-    if self.manifest.get('format_version') != FORMAT_VERSION:
+    if self.manifest.get('format_version') not in READABLE_FORMAT_VERSIONS:
       raise StoreError(f'{manifest_path}: format_version {self.manifest.get("format_version")} is '
-                       f'not the supported {FORMAT_VERSION}; preprocess the data again.')
+                       f'not one this version reads {READABLE_FORMAT_VERSIONS}; preprocess the '
+                       'data again.')
 
   @property
   def num_documents(self) -> int:

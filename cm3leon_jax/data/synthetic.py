@@ -129,9 +129,12 @@ class SyntheticDataset:
   def __getitem__(self, index: int) -> SyntheticExample:
     if index < 0:
       raise IndexError(f'Synthetic example indices are >= 0, got {index}.')
-    rng = np.random.default_rng([self.config.seed, index])
-    objects = self._place_objects(rng)
-    return self._render(index, objects)
+    return self.render(index, self.layout(index))
+
+  def layout(self, index: int) -> List[SyntheticObject]:
+    """The objects of example `index` with their drawing boxes (the square each shape fills),
+    which `render` takes; edits (``data.sft_synthetic``) change these and render again."""
+    return self._place_objects(np.random.default_rng([self.config.seed, index]))
 
   def examples(self, start: int, count: int):
     """Yield examples start, start + 1, ..., start + count - 1."""
@@ -146,7 +149,7 @@ class SyntheticDataset:
       boxes, objects = [], []
       for _ in range(count):
         size = SIZES[rng.integers(len(SIZES))]
-        side = max(4, round(SIZE_FRACTIONS[size] * res))
+        side = self.side(size)
         box = self._free_box(rng, side, boxes, res, gap)
         if box is None:
           break
@@ -155,8 +158,23 @@ class SyntheticDataset:
                                        list(COLOURS)[rng.integers(len(COLOURS))], size, box))
       if len(objects) == count:
         objects.sort(key=lambda o: _tight(o).centre)
-        if not _ambiguous([_tight(o) for o in objects], res, self.config.margin):
-          return objects  # Drawing boxes; _render stores the tight ones.
+        if not ambiguous([_tight(o) for o in objects], res, self.config.margin):
+          return objects  # Drawing boxes; render stores the tight ones.
+
+  def side(self, size: str) -> int:
+    """The drawing box side, in pixels, of an object of `size` ('small' or 'large')."""
+    return max(4, round(SIZE_FRACTIONS[size] * self.config.resolution))
+
+  def valid(self, objects: List[SyntheticObject]) -> bool:
+    """Whether drawing-box objects make an example as the dataset draws them: inside the image
+    (a 1-pixel border), `gap` pixels apart, and with a caption that does not hang on a pixel."""
+    res, gap = self.config.resolution, self.config.gap
+    boxes = [o.box for o in objects]
+    inside = all(1 <= x0 and 1 <= y0 and x1 < res and y1 < res for x0, y0, x1, y1 in boxes)
+    apart = all(a[0] >= b[2] + gap or b[0] >= a[2] + gap or a[1] >= b[3] + gap or b[1] >= a[3] + gap
+                for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    tight = sorted((_tight(o) for o in objects), key=lambda o: o.centre)
+    return bool(objects) and inside and apart and not ambiguous(tight, res, self.config.margin)
 
   @staticmethod
   def _free_box(rng, side, boxes, res, gap, tries=50):
@@ -168,7 +186,10 @@ class SyntheticDataset:
         return box
     return None
 
-  def _render(self, index, objects) -> SyntheticExample:
+  def render(self, index: int, objects: List[SyntheticObject]) -> SyntheticExample:
+    """The example of objects given with drawing boxes, sorted left to right; its objects carry
+    the tight boxes of their pixels."""
+    objects = sorted(objects, key=lambda o: _tight(o).centre)
     res = self.config.resolution
     image = np.empty((res, res, 3), np.uint8)
     image[:] = BACKGROUND
@@ -191,7 +212,7 @@ def _tight(obj: SyntheticObject) -> SyntheticObject:
   return dataclasses.replace(obj, box=tuple(int(v) for v in box))
 
 
-def _ambiguous(objects: List[SyntheticObject], resolution: int, margin: float) -> bool:
+def ambiguous(objects: List[SyntheticObject], resolution: int, margin: float) -> bool:
   """Whether the caption's words would hang on less than `margin` pixels."""
   for a, b in zip(objects, objects[1:]):
     dx, dy = (abs(p - q) for p, q in zip(a.centre, b.centre))

@@ -19,6 +19,13 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # (and its subprocesses) and take libtpu's lock; the tests run on CPU.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
+# triton's native library crashes the process when it loads after TensorFlow's (torch imports it
+# lazily, with transformers' models); loaded first, both work. Test modules import in any order.
+try:
+  import triton  # noqa: E402,F401  pylint: disable=unused-import
+except ImportError:
+  pass
+
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 
 jax.config.update('jax_default_matmul_precision', 'highest')

@@ -11,6 +11,7 @@ import tensorflow as tf
 import data_helpers
 from data_helpers import batches, examples_of
 from cm3leon_jax.data import assembly, objective, store as store_lib
+from cm3leon_jax.data import sft_preprocess
 from cm3leon_jax.data import sft_templates as templates
 from cm3leon_jax.data.synthetic import SyntheticDataset
 import tasks
@@ -46,7 +47,7 @@ def instruction_documents(vocab, count=6):
     documents.append(store_lib.Document(
         id=f'sft/{index}', index=index, caption_index=0, text=templates.render(parts),
         text_ids=np.zeros(0, np.int32), image_codes=np.zeros(0, np.int32),
-        parts=templates.document_parts(parts, vocab.encode, images, f'sft/{index}')))
+        parts=sft_preprocess.document_parts(parts, vocab.encode, images, f'sft/{index}')))
   return documents
 
 

@@ -14,6 +14,11 @@ r"""Preprocess image-caption pairs into a document store with Apache Beam.
   # Your own data: a JSONL manifest of {"image": "relative/path.jpg", "text": "..."} lines:
   python tools/preprocess.py --source=jsonl --manifest=data/pairs.jsonl --output_dir=...
 
+  # Instruction documents for fine-tuning (one store per task; data/sft_templates.py):
+  python tools/preprocess.py --source=synthetic_instructions --task=edit --num_examples=2000 ...
+  python tools/preprocess.py --source=instruct_pix2pix --manifest=edits.jsonl ...
+  python tools/preprocess.py --source=control --control=canny --manifest=controls.jsonl ...
+
 Flags this tool does not know are Beam pipeline options, e.g. ``--runner=DataflowRunner
 --project=P --region=R --temp_location=gs://... --requirements_file=requirements.txt`` (on
 Dataflow, --output_dir and the tokenizer paths should be gs:// paths the workers can read).
@@ -28,11 +33,18 @@ from absl import app, flags, logging
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from cm3leon_jax import cli
-from cm3leon_jax.data import beam, preprocess
+from cm3leon_jax.data import beam, preprocess, sft_preprocess, sft_sources
+from cm3leon_jax.data import sft_templates
 from cm3leon_jax.data.sources import CocoCaptionsSource, JsonlSource, SyntheticSource
 
-_SOURCE = flags.DEFINE_enum('source', 'synthetic', ['synthetic', 'coco_captions', 'jsonl'],
-                            'Where the image-caption pairs come from.')
+INSTRUCTION_SOURCES = ('synthetic_instructions', 'instruct_pix2pix', 'control')
+_SOURCE = flags.DEFINE_enum('source', 'synthetic', ['synthetic', 'coco_captions', 'jsonl',
+                                                    *INSTRUCTION_SOURCES],
+                            'Where the image-caption pairs or instruction records come from.')
+_TASK = flags.DEFINE_enum('task', 'edit', list(sft_sources.SYNTHETIC_TASKS),
+                          'The instruction task of --source=synthetic_instructions.')
+_CONTROL = flags.DEFINE_enum('control', 'canny', sorted(sft_templates.CONTROL_PHRASES),
+                             'What the control images of --source=control show.')
 _SPLIT = flags.DEFINE_string('split', 'train', 'Split to read and to write under output_dir.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'The store folder.', required=True)
 _TEXT_VOCABULARY = flags.DEFINE_string('text_vocabulary', None,
@@ -42,7 +54,8 @@ _IMAGE_TOKENIZER = flags.DEFINE_string('image_tokenizer', None,
                                        'ImageTokenizer checkpoint folder.', required=True)
 _NUM_EXAMPLES = flags.DEFINE_integer('num_examples', 2000, 'Synthetic pairs to make.')
 _TFDS_DATA_DIR = flags.DEFINE_string('tfds_data_dir', None, 'tensorflow-datasets data_dir.')
-_MANIFEST = flags.DEFINE_string('manifest', None, 'JSONL manifest (--source=jsonl).')
+_MANIFEST = flags.DEFINE_string('manifest', None, 'JSONL manifest (--source=jsonl, '
+                                'instruct_pix2pix or control).')
 _IMAGE_ROOT = flags.DEFINE_string('image_root', None,
                                   'Folder the manifest\'s image paths are relative to '
                                   '(default: the manifest\'s folder).')
@@ -64,8 +77,14 @@ def make_source():
     return SyntheticSource(_NUM_EXAMPLES.value, _SPLIT.value)
   if _SOURCE.value == 'coco_captions':
     return CocoCaptionsSource(_SPLIT.value, _TFDS_DATA_DIR.value)
+  if _SOURCE.value == 'synthetic_instructions':
+    return sft_sources.SyntheticInstructionSource(_TASK.value, _NUM_EXAMPLES.value, _SPLIT.value)
   if not _MANIFEST.value:
-    raise app.UsageError('--source=jsonl needs --manifest.')
+    raise app.UsageError(f'--source={_SOURCE.value} needs --manifest.')
+  if _SOURCE.value == 'instruct_pix2pix':
+    return sft_sources.InstructPix2PixSource(_MANIFEST.value, _IMAGE_ROOT.value)
+  if _SOURCE.value == 'control':
+    return sft_sources.ControlSource(_MANIFEST.value, _CONTROL.value, _IMAGE_ROOT.value)
   return JsonlSource(_MANIFEST.value, _IMAGE_ROOT.value)
 
 
@@ -77,7 +96,8 @@ def main(argv):
       captions_per_image=_CAPTIONS_PER_IMAGE.value, max_text_tokens=_MAX_TEXT_TOKENS.value,
       min_image_side=_MIN_IMAGE_SIDE.value, num_sentinels=_NUM_SENTINELS.value, clip=_CLIP.value)
   options = PipelineOptions(argv[1:])
-  path = preprocess.run(make_source(), config, options)
+  run_pipeline = sft_preprocess.run if _SOURCE.value in INSTRUCTION_SOURCES else preprocess.run
+  path = run_pipeline(make_source(), config, options)
   with open(path, encoding='utf-8') as f:
     manifest = json.load(f)
   logging.info('Wrote %d documents; skipped %d bad records: %s', manifest['num_documents'],

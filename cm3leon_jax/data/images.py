@@ -176,6 +176,18 @@ def preprocess(image: Image.Image, size: int) -> np.ndarray:
   return pixels / 127.5 - 1.0
 
 
+def box_after_preprocess(box, width: int, height: int, size: int) -> Tuple[float, ...]:
+  """Where a box (x0, y0, x1, y1) in pixels of a `width` x `height` image lies after `preprocess`
+  to `size`: scaled with the short side, shifted by the centre crop and clipped to the square."""
+  scale = size / min(width, height)
+  new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
+  left, top = (new_width - size) // 2, (new_height - size) // 2
+  sx, sy = new_width / width, new_height / height
+  x0, y0, x1, y1 = box
+  clip = lambda v: min(max(v, 0.0), float(size))
+  return (clip(x0 * sx - left), clip(y0 * sy - top), clip(x1 * sx - left), clip(y1 * sy - top))
+
+
 def postprocess(array: np.ndarray) -> np.ndarray:
   """Map [-1, 1] floats back to uint8 pixels in [0, 255] (clipped, rounded); the inverse of scaling.
 

@@ -33,7 +33,7 @@ from cm3leon_jax.tokenizers import document_encoder as encoder_lib
 
 COUNTER_NAMESPACE = 'cm3leon_preprocess'
 BAD_REASONS = ('unreadable_record', 'no_image', 'bad_image', 'no_text', 'empty_text',
-               'text_too_long')
+               'text_too_long', 'bad_template', 'image_size_mismatch')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +91,12 @@ def bad_record(record_id: str, reason: str, message: str) -> beam.pvalue.TaggedO
 
 
 class ReadRange(beam.DoFn):
-  """Reads records start .. stop - 1 of a source."""
+  """Reads records start .. stop - 1 of a source (RawRecords, or InstructionRecords)."""
 
   def __init__(self, source):
     self._source = source
 
-  def process(self, bounds: Tuple[int, int]) -> Iterable[RawRecord]:
+  def process(self, bounds: Tuple[int, int]) -> Iterable[Any]:
     yield from self._source.read(*bounds)
 
 
@@ -219,21 +219,23 @@ def _write_manifest(_, shards, bad, manifest: Dict[str, Any], output_dir: str) -
 
 
 def build_pipeline(root: beam.Pipeline, source, config: PreprocessConfig,
-                   tokenizer_config) -> None:
-  """Add the preprocessing stages for `source` to the pipeline `root`."""
+                   tokenizer_config, stages=None) -> None:
+  """Add the preprocessing stages for `source` to the pipeline `root`; `stages` is the
+  (check, encode) DoFn classes pair, by default the caption pipeline's."""
+  check, encode = stages or (CheckAndPrepare, EncodeImages)
   num_records = source.num_records()
   image_size = tokenizer_config.resolution
   prepared = (
       root
       | 'Ranges' >> beam.Create(read_ranges(num_records, config.num_read_ranges))
       | 'Read' >> beam.ParDo(ReadRange(source))
-      | 'CheckAndPrepare' >> beam.ParDo(CheckAndPrepare(config, image_size)).with_outputs(
+      | 'CheckAndPrepare' >> beam.ParDo(check(config, image_size)).with_outputs(
           'bad', main='good'))
   shards = (
       prepared.good
       | 'Batch' >> beam.BatchElements(min_batch_size=config.batch_size,
                                       max_batch_size=config.batch_size)
-      | 'Encode' >> beam.ParDo(EncodeImages(config))
+      | 'Encode' >> beam.ParDo(encode(config))
       | 'KeyByShard' >> beam.Map(
           lambda d: (store_lib.shard_of(d.index, num_records, config.num_shards), d))
       | 'GroupByShard' >> beam.GroupByKey()
@@ -286,11 +288,12 @@ def copy_text_vocabulary(config: PreprocessConfig) -> None:
                    os.path.join(config.output_dir, text_vocabulary_file(config)), overwrite=True)
 
 
-def run(source, config: PreprocessConfig, pipeline_options: Optional[PipelineOptions] = None) -> str:
-  """Run the whole pipeline; returns the manifest's path."""
+def run(source, config: PreprocessConfig, pipeline_options: Optional[PipelineOptions] = None,
+        stages=None) -> str:
+  """Run the whole pipeline (`stages` as in build_pipeline); returns the manifest's path."""
   from cm3leon_jax.tokenizers.image import ImageTokenizer  # pylint: disable=g-import-not-at-top
   tokenizer_config = ImageTokenizer.load_config(config.image_tokenizer)
   copy_text_vocabulary(config)
   with beam.Pipeline(options=local_runner_by_default(pipeline_options)) as root:
-    build_pipeline(root, source, config, tokenizer_config)
+    build_pipeline(root, source, config, tokenizer_config, stages)
   return os.path.join(config.output_dir, store_lib.MANIFEST)

@@ -21,11 +21,7 @@ the resolution), as ``(x0, y0, x1, y1)``. A text part may be *joined* to the tex
 """
 
 import dataclasses
-from typing import Callable, Mapping, Optional, Sequence, Tuple, Union
-
-import numpy as np
-
-from cm3leon_jax.data import store
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 BREAK = '<break>'
 COORDINATE_RANGE = 256  # Boxes are written in [0, 255] whatever the image's resolution.
@@ -189,7 +185,7 @@ def image_names(parts: Sequence[Part]) -> Tuple[str, ...]:
   return tuple(p.name for p in parts if isinstance(p, ImagePart))
 
 
-def _require_images(parts: Sequence[Part], available: Mapping[str, object], record_id: str):
+def require_images(parts: Sequence[Part], available: Mapping[str, object], record_id: str):
   missing = [name for name in image_names(parts) if name not in available]
   if missing:
     raise TemplateError(f'Record {record_id}: the template needs image(s) {missing}, the record '
@@ -200,25 +196,8 @@ def check_images(parts: Sequence[Part], sizes: Mapping[str, Tuple[int, int]],
                  record_id: str = '?') -> None:
   """Every image the parts name is present, and all have the same size (an edit pair, a control
   image and its target are pixel-aligned)."""
-  _require_images(parts, sizes, record_id)
+  require_images(parts, sizes, record_id)
   distinct = {name: tuple(sizes[name]) for name in image_names(parts)}
   if len(set(distinct.values())) > 1:
     raise TemplateError(f'Record {record_id}: its images differ in size {distinct}; an edit '
                         'pair or a control image and its target must have the same size.')
-
-
-def document_parts(parts: Sequence[Part], encode: Callable[[str], Sequence[int]],
-                   image_codes: Mapping[str, np.ndarray],
-                   record_id: str = '?') -> Tuple[store.DocumentPart, ...]:
-  """A filled template as the store keeps it: texts through `encode` (the text vocabulary's),
-  images as the raw codes of `image_codes` by name."""
-  _require_images(parts, image_codes, record_id)
-  stored = []
-  for part in parts:
-    if isinstance(part, TextPart):
-      stored.append(store.DocumentPart(store.TEXT_PART, np.asarray(encode(part.text), np.int32),
-                                       part.output, part.joined))
-    else:
-      codes = np.asarray(image_codes[part.name], np.int32).ravel()
-      stored.append(store.DocumentPart(store.IMAGE_PART, codes, part.output))
-  return tuple(stored)

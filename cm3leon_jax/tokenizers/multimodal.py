@@ -243,9 +243,17 @@ class MultimodalVocabulary(seqio.Vocabulary):
 
   def __eq__(self, other):
     return (isinstance(other, MultimodalVocabulary) and
-            self.text_vocabulary == other.text_vocabulary and
+            _text_identity(self.text_vocabulary) == _text_identity(other.text_vocabulary) and
             self.special_names == other.special_names and
             self.num_image_codes == other.num_image_codes and self.vocab_size == other.vocab_size)
 
   def __hash__(self):
     return hash((self.special_names, self.num_image_codes, self.vocab_size))
+
+
+def _text_identity(vocabulary: seqio.Vocabulary):
+  """What makes two text vocabularies the same: their model, not the path of its file (each
+  store keeps its own copy, and a mixture of stores needs them equal)."""
+  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    return 'sentencepiece', vocabulary.sp_model, vocabulary.extra_ids
+  return vocabulary

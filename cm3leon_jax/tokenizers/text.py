@@ -65,8 +65,12 @@ class TokenizersVocabulary(seqio.Vocabulary):
   def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
     return tf_ops.decode_tf(self._decode, ids)
 
+  def _identity(self):
+    # The tokenizer itself, not its file's path: each store keeps its own copy of the file.
+    return self._tokenizer.to_str(), self._eos_id, self._unk_id
+
   def __eq__(self, other):
-    return isinstance(other, TokenizersVocabulary) and self.path == other.path
+    return isinstance(other, TokenizersVocabulary) and self._identity() == other._identity()
 
   def __hash__(self):
-    return hash(self.path)
+    return hash(self._identity())

@@ -62,3 +62,18 @@ def test_every_run_file_configures_the_trainer(path):
   mesh = gin.query_parameter('train.train.mesh_config').scoped_configurable_fn()
   assert isinstance(mesh, partitioning.MeshConfig)
   assert gin.query_parameter('train.train.mixture_or_task_name') is not None
+
+
+def test_the_sft_run_file_has_the_papers_settings_and_needs_a_checkpoint():
+  import gin  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax import train  # pylint: disable=g-import-not-at-top
+  path = 'runs/sft.gin'
+  gin_utils.parse([path])
+  assert gin.query_parameter('%BATCH_SIZE') * gin.query_parameter('%TASK_FEATURE_LENGTHS')[
+      'targets'] == 512 * 4096  # The paper's 2M-token SFT batches.
+  optimizer_config = gin_utils.macro_value([path], [], 'OPTIMIZER_CONFIG')
+  assert (optimizer_config.peak_learning_rate, optimizer_config.warmup_steps) == (5e-5, 150)
+  assert gin.query_parameter('%MIXTURE_OR_TASK_NAME') == 'cm3leon_sft'
+  gin_utils.parse([path])
+  with pytest.raises(Exception, match='initial_checkpoint_path'):
+    train.train()

@@ -49,7 +49,7 @@ def test_the_rule_clips_each_tasks_factor_to_0_3_and_3():
 
 def _shares(name):
   dataset = seqio.get_mixture_or_task(name).get_dataset(
-      {'targets': 64}, split='train', shuffle=True, seed=3, num_epochs=None)
+      {'targets': 64}, split='train', shuffle=False, seed=3, num_epochs=None)
   first = collections.Counter(int(x['targets'][0]) for x in dataset.take(EXAMPLES).as_numpy_iterator())
   return {task: first[marker] / EXAMPLES for task, marker in MARKERS.items()}
 
@@ -63,3 +63,17 @@ def test_sampled_shares_are_within_2_points_of_the_rule(stores, balance, want):
   assert sum(shares.values()) == 1.0
   for task in SIZES:
     assert abs(shares[task] - want[task]) < 0.02, (task, shares, want)
+
+
+def test_the_standard_sft_mixture_balances_the_instruction_stores_present(stores, tmp_path):
+  import tasks  # pylint: disable=g-import-not-at-top
+  os.symlink(stores['sft_a'], tmp_path / 'sft_edit')
+  os.symlink(stores['sft_c'], tmp_path / 'sft_vqa')
+  assert tasks.register_sft_tasks(str(tmp_path)) == ['cm3leon_sft_edit', 'cm3leon_sft_vqa']
+  mixture = seqio.get_mixture_or_task('cm3leon_sft')
+  rates = {task.name: mixture.get_rate(task) for task in mixture.tasks}
+  total = sum(rates.values())
+  # 400 and 10 documents, equal targets: factors 0.51 and 20.5, clipped to 3.
+  assert {k: v / total for k, v in rates.items()} == pytest.approx(
+      {'cm3leon_sft_edit': (400 / 410) * 0.5125 / ((400 / 410) * 0.5125 + 30 / 410),
+       'cm3leon_sft_vqa': (30 / 410) / ((400 / 410) * 0.5125 + 30 / 410)}, abs=1e-6)

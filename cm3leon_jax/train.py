@@ -117,10 +117,11 @@ def _write_model_files(model_dir, model_config, mixture_or_task_name, vocab):
   """model.json and the text vocabulary: what samplers load besides the checkpoint."""
   from cm3leon_jax.data import store_tasks as stores  # pylint: disable=g-import-not-at-top
   info = stores.task_store_info(mixture_or_task_name)
-  image_tokenizer, cm3 = None, objective.CM3Config()
+  image_tokenizer, cm3, loss_on = None, objective.CM3Config(), 'all'
   if info is not None:
-    image_tokenizer, cm3 = info.image_tokenizer, info.assembly.cm3
-  pretrained.write_model_files(model_dir, model_config, vocab, image_tokenizer, cm3)
+    image_tokenizer, cm3, loss_on = info.image_tokenizer, info.assembly.cm3, info.assembly.loss_on
+  pretrained.write_model_files(model_dir, model_config, vocab, image_tokenizer, cm3,
+                               loss_on=loss_on)
 
 
 @gin.configurable(denylist=['model_dir'])

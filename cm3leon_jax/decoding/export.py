@@ -81,7 +81,7 @@ def export_model(model: Pretrained, output_dir: str, dtype: Optional[str] = None
   tokenizer.save(os.path.join(output_dir, IMAGE_TOKENIZER_DIR))
   weights = {'format': family, 'dtype': dtype or str(np.dtype(model.model.config.param_dtype))}
   pretrained_lib.write_model_files(output_dir, model.model.config, model.vocab,
-                                   IMAGE_TOKENIZER_DIR, model.cm3, weights)
+                                   IMAGE_TOKENIZER_DIR, model.cm3, weights, model.loss_on)
   logging.info('Exported %s to %s (%s layout, %s weights).', model.model_dir, output_dir, family,
                weights['dtype'])
   return output_dir

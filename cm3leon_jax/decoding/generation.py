@@ -65,7 +65,7 @@ def text_to_image(pretrained: Pretrained, captions: Sequence[str], config: Decod
     prefix = list(prefixes[i]) if prefixes is not None else []
     prompts.append(list(vocab.sequence_start_ids) + prefix +
                    list(vocab.text_vocabulary.encode(caption)) + [vocab.image_open_id])
-  return _images_after(pretrained, prompts, config)
+  return images_after(pretrained, prompts, config)
 
 
 def unconditional_images(pretrained: Pretrained, count: int, config: DecodingConfig
@@ -81,11 +81,11 @@ def unconditional_images(pretrained: Pretrained, count: int, config: DecodingCon
     prompt = [mask_token(pretrained), vocab.break_id]
   config = dataclasses.replace(config, num_decodes=count, guidance_scale=None,
                                image_guidance_scale=None, cd_k_fraction=0.0)
-  images, ids = _images_after(pretrained, [prompt], config)
+  images, ids = images_after(pretrained, [prompt], config)
   return images[0], ids[0]
 
 
-def _images_after(pretrained: Pretrained, prompts, config: DecodingConfig):
+def images_after(pretrained: Pretrained, prompts, config: DecodingConfig):
   """N image codes after each prompt, decoded: (images [P, num_decodes, ...], ids)."""
   vocab = pretrained.vocab
   n = pretrained.tokens_per_image
@@ -98,8 +98,9 @@ def _images_after(pretrained: Pretrained, prompts, config: DecodingConfig):
   return images.reshape(ids.shape[:2] + images.shape[1:]), ids
 
 
-def _text_config(pretrained: Pretrained, config: DecodingConfig,
-                 max_new_tokens: int) -> DecodingConfig:
+def text_config(pretrained: Pretrained, config: DecodingConfig,
+                max_new_tokens: int) -> DecodingConfig:
+  """`config` set to decode text: up to `max_new_tokens`, stopping at the end tokens."""
   vocab = pretrained.vocab
   stops = (vocab.eoss_id, vocab.eos_id)
   if vocab.guidance_style == 'drop':  # Chameleon's inference code also ends text at an image.
@@ -116,7 +117,7 @@ def _image_prompt(vocab, image_ids) -> List[int]:
           [vocab.image_close_id])
 
 
-def _texts(pretrained: Pretrained, tokens: np.ndarray) -> List[List[str]]:
+def texts(pretrained: Pretrained, tokens: np.ndarray) -> List[List[str]]:
   """Decoded text of each sample, cut at its first non-text token."""
   vocab = pretrained.vocab
   out = []
@@ -135,8 +136,8 @@ def caption(pretrained: Pretrained, image_ids: np.ndarray, config: DecodingConfi
   Chameleon-family model: the text that follows the image)."""
   prompts = [_caption_prompt(pretrained, ids) for ids in np.asarray(image_ids)]
   samples = generate(pretrained.model, pretrained.params, prompts,
-                     _text_config(pretrained, config, max_new_tokens), pretrained.vocab)
-  return _texts(pretrained, samples.tokens)
+                     text_config(pretrained, config, max_new_tokens), pretrained.vocab)
+  return texts(pretrained, samples.tokens)
 
 
 def _caption_prompt(pretrained: Pretrained, ids: np.ndarray) -> List[int]:
@@ -159,8 +160,8 @@ def answer(pretrained: Pretrained, image_ids: np.ndarray, questions: Sequence[st
   prompts = [image(ids) + list(vocab.text_vocabulary.encode(question))
              for ids, question in zip(np.asarray(image_ids).tolist(), questions)]
   samples = generate(pretrained.model, pretrained.params, prompts,
-                     _text_config(pretrained, config, max_new_tokens), vocab)
-  return _texts(pretrained, samples.tokens)
+                     text_config(pretrained, config, max_new_tokens), vocab)
+  return texts(pretrained, samples.tokens)
 
 
 def infill(pretrained: Pretrained, document: Sequence[int], span: Tuple[int, int],
@@ -180,7 +181,7 @@ def infill(pretrained: Pretrained, document: Sequence[int], span: Tuple[int, int
                                  image_close_id=vocab.eoss_id, stop_ids=(),
                                  uncond_mask_id=mask_token(pretrained))
   else:
-    config = _text_config(pretrained, config, max_text_tokens)
+    config = text_config(pretrained, config, max_text_tokens)
   samples = generate(pretrained.model, pretrained.params, [prompt], config, vocab)
   return samples.tokens[0]
 

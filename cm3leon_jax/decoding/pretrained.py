@@ -7,7 +7,8 @@ starts, so that its folder alone is enough to sample from::
                 "vocabulary": {"text_vocabulary": "text_vocabulary.model", "num_image_codes": ...,
                                "num_sentinels": ..., "pad_to_multiple": ...},
                 "image_tokenizer": "/path/to/tokenizer" or null,
-                "cm3": {...CM3Config of the training task...}}
+                "cm3": {...CM3Config of the training task...},
+                "loss_on": "all" | "outputs"}  (instruction documents' layout, see data/assembly)
 
 ``Pretrained.load(model_dir)`` restores the newest checkpoint's parameters (not the optimizer).
 It also loads folders written by ``export.export_model``, whose model.json adds
@@ -61,10 +62,12 @@ def text_vocabulary_path(vocab: MultimodalVocabulary) -> str:
 
 def write_model_files(model_dir: str, model_config: DecoderConfig, vocab: MultimodalVocabulary,
                       image_tokenizer: Optional[str], cm3: objective.CM3Config,
-                      weights: Optional[Dict[str, str]] = None) -> str:
+                      weights: Optional[Dict[str, str]] = None, loss_on: str = 'all') -> str:
   """Write model.json and the text vocabulary into `model_dir`; returns model.json's path.
 
   `weights` describes exported weights beside model.json; None means the run's checkpoints.
+  `loss_on` is the training task's AssemblyConfig.loss_on: with 'outputs' an instruction
+  document's outputs came after its prompt, which decoding the instruction tasks follows.
   """
   os.makedirs(model_dir, exist_ok=True)
   source = text_vocabulary_path(vocab)
@@ -75,7 +78,7 @@ def write_model_files(model_dir: str, model_config: DecoderConfig, vocab: Multim
           'vocabulary': {'text_vocabulary': name, 'num_image_codes': vocab.num_image_codes,
                          'num_sentinels': len(vocab.special_names) - 4,
                          'vocab_size': vocab.vocab_size},
-          'image_tokenizer': image_tokenizer, 'cm3': dataclasses.asdict(cm3)}
+          'image_tokenizer': image_tokenizer, 'cm3': dataclasses.asdict(cm3), 'loss_on': loss_on}
   if weights:
     spec['weights'] = weights
   path = os.path.join(model_dir, MODEL_FILE)
@@ -100,6 +103,7 @@ class Pretrained:
   image_tokenizer_path: Optional[str]
   model_dir: str
   _image_tokenizer: Any = None
+  loss_on: str = 'all'  # The layout of instruction documents in training (see write_model_files).
 
   @classmethod
   def load(cls, model_dir: str, image_tokenizer: Optional[str] = None,
@@ -148,7 +152,8 @@ class Pretrained:
     named = spec.get('image_tokenizer')
     if named and not os.path.isabs(named):
       named = os.path.join(model_dir, named)
-    return cls(model, params, vocab, cm3, image_tokenizer or named, model_dir)
+    return cls(model, params, vocab, cm3, image_tokenizer or named, model_dir,
+               loss_on=spec.get('loss_on', 'all'))
 
   @classmethod
   def _load_chameleon(cls, folder: str, image_tokenizer: Optional[str], unroll_layers: bool,

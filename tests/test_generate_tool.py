@@ -76,3 +76,54 @@ def test_the_tool_writes_the_scaled_grid_and_records_the_scale(tmp_path):
   assert grid.shape[:2] == (2 * (32 * factor + BORDER) + BORDER,
                             3 * (32 * factor + BORDER) + BORDER)
   assert json.loads((tmp_path / 'grid.json').read_text())['scale'] == factor
+
+
+@pytest.fixture(scope='module')
+def random_model(tmp_path_factory, shared_tokenizers):
+  """An exported tiny random model with the shared tokenizers."""
+  from helpers import model_and_params, tiny_config  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.data import objective  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.data.store import text_vocabulary  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.decoding.export import export_model  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.decoding.pretrained import Pretrained  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.tokenizers.multimodal import MultimodalVocabulary  # pylint: disable=g-import-not-at-top
+  text, image_tokenizer = shared_tokenizers
+  vocab = MultimodalVocabulary(text_vocabulary(text), num_image_codes=64, num_sentinels=8)
+  model, params = model_and_params(tiny_config(vocab_size=vocab.vocab_size, max_length=96))
+  folder = tmp_path_factory.mktemp('random_model')
+  export_model(Pretrained(model, params, vocab, objective.CM3Config(), image_tokenizer,
+                          str(folder)), str(folder / 'model'))
+  return folder / 'model'
+
+
+def test_the_tool_edits_an_image_and_answers_questions_about_it(random_model, tmp_path):
+  scene = tmp_path / 'scene.png'
+  Image.fromarray(_samples(1, 1)[0, 0]).save(scene)
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  run_tool(['tools/generate.py', f'--checkpoint={random_model}', '--task=edit', f'--image={scene}',
+            '--instruction=turn the circle blue', '--instruction=remove the square',
+            '--num_samples=2', f'--output={tmp_path / "edits.png"}'], env=env)
+  settings = json.loads((tmp_path / 'edits.json').read_text())
+  assert settings['task'] == 'edit'
+  assert settings['prompts'] == ['turn the circle blue', 'remove the square']
+  assert (settings['decoding']['guidance_scale'], settings['decoding']['image_guidance_scale']) == (
+      7.5, 1.5)
+  with Image.open(tmp_path / 'edits.png') as grid:  # 2 x 2 cells of 32 px shown at 128.
+    assert grid.size == (2 * (128 + BORDER) + BORDER,) * 2
+  run_tool(['tools/generate.py', f'--checkpoint={random_model}', '--task=vqa', f'--image={scene}',
+            '--question=how many shapes are there?', '--num_samples=2', '--temperature=0',
+            '--max_text_tokens=4', f'--output={tmp_path / "answers.json"}'], env=env)
+  result = json.loads((tmp_path / 'answers.json').read_text())
+  assert result['questions'] == ['how many shapes are there?']
+  assert len(result['answers']) == 1 and len(result['answers'][0]) == 2
+  assert result['decoding']['guidance_scale'] is None
+
+
+def test_boxes_flag_parses_names_and_pixels():
+  from cm3leon_jax.cli import instruction_tasks  # pylint: disable=g-import-not-at-top
+  assert instruction_tasks.parse_boxes('red circle:4,4,20,20; blue square:22,2,30,10') == [
+      ('red circle', (4.0, 4.0, 20.0, 20.0)), ('blue square', (22.0, 2.0, 30.0, 10.0))]
+  with pytest.raises(Exception, match='not "name:x0,y0,x1,y1"'):
+    instruction_tasks.parse_boxes('circle:1,2,3')
+  with pytest.raises(Exception, match='numbers must be'):
+    instruction_tasks.parse_boxes('circle:a,b,c,d')

@@ -1,4 +1,6 @@
-r"""Text -> images: sample a PNG grid (one row per prompt) from a trained model.
+r"""Text -> images: sample a PNG grid (one row per prompt) from a trained model; and, with
+--task, the instruction tasks of a fine-tuned one (edit, control, ground, render, caption, vqa:
+cm3leon_jax/cli/instruction_tasks.py).
 
   python tools/generate.py --checkpoint=/tmp/cm3leon_quickstart/model \
       --prompt="a large red circle" --prompt="a small blue square left of a large green triangle" \
@@ -10,6 +12,11 @@ retrieved documents go before it; with --clip_rerank, --num_samples are drawn an
 by CLIP similarity are shown. Samples are enlarged in the grid by nearest-neighbour upscaling
 (--scale; by default the smallest factor giving cells of at least 128 pixels). The settings are
 written beside the grid (<output>.json).
+
+  python tools/generate.py --checkpoint=/tmp/sft/model --task=edit --image=scene.png \
+      --instruction="make the red circle blue" --output=/tmp/edits.png
+  python tools/generate.py --checkpoint=/tmp/sft/model --task=vqa --image=scene.png \
+      --question="how many shapes are there?" --output=/tmp/answers.json
 """
 
 import dataclasses
@@ -23,6 +30,7 @@ from PIL import Image
 
 from cm3leon_jax import cli
 from cm3leon_jax.cli import distributed
+from cm3leon_jax.cli import instruction_tasks
 from cm3leon_jax.decoding import generation
 from cm3leon_jax.decoding import DecodingConfig
 from cm3leon_jax.decoding.pretrained import Pretrained
@@ -38,7 +46,9 @@ MIN_CELL_PIXELS = 128
 def define_flags():
   """The tool's flags (defined when run, so tests can import the module)."""
   distributed.define_checkpoint_flags()
-  flags.DEFINE_multi_string('prompt', [], 'A caption to draw (repeat for several).')
+  instruction_tasks.define_flags()
+  flags.DEFINE_multi_string('prompt', [], 'A caption to draw, a text to render (repeat for '
+                            'several).')
   flags.DEFINE_string('prompts_file', None, 'A text file with one caption per line.')
   flags.DEFINE_string('output', 'samples.png', 'The PNG grid to write.')
   flags.DEFINE_integer('scale', None, 'Enlarge each sample this many times in the grid '
@@ -46,7 +56,8 @@ def define_flags():
                        f'makes each cell at least {MIN_CELL_PIXELS} pixels.', lower_bound=1)
   flags.DEFINE_integer('num_samples', 4, 'Samples per prompt.')
   flags.DEFINE_integer('keep', None, 'With --clip_rerank: samples kept per prompt (default all).')
-  flags.DEFINE_float('guidance_scale', 3.0, 'Classifier-free guidance scale s (>= 0).')
+  flags.DEFINE_float('guidance_scale', None, 'Classifier-free guidance scale s (>= 0); default: '
+                     'the task\'s (3, and 7.5 with image scale 1.5 for --task=edit).')
   flags.DEFINE_bool('guidance', True, 'Use classifier-free guidance (--noguidance: off).')
   flags.DEFINE_float('temperature', 1.0, 'Softmax temperature (0: greedy).')
   flags.DEFINE_integer('top_k', 0, 'Top-k filter (0: off).')
@@ -62,23 +73,25 @@ def define_flags():
                       'similarity to its caption.')
 
 
-def read_prompts() -> list:
-  """The --prompt captions, then the --prompts_file lines; UsageError when there are none."""
+def read_prompts(required: bool = True) -> list:
+  """The --prompt captions, then the --prompts_file lines; UsageError when there are none and
+  the task needs them."""
   prompts = list(FLAGS.prompt)
   if FLAGS.prompts_file:
     with open(FLAGS.prompts_file, encoding='utf-8') as f:
       prompts += [line.strip() for line in f if line.strip()]
-  if not prompts:
+  if not prompts and required:
     raise app.UsageError('Give at least one --prompt or a --prompts_file.')
   return prompts
 
 
 def decoding_config() -> DecodingConfig:
   """The sampling settings the flags describe."""
+  scale, image_scale = instruction_tasks.guidance(FLAGS.task, FLAGS.guidance_scale,
+                                                  FLAGS.image_guidance_scale, FLAGS.guidance)
   return DecodingConfig(
       temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
-      num_decodes=FLAGS.num_samples,
-      guidance_scale=FLAGS.guidance_scale if FLAGS.guidance else None,
+      num_decodes=FLAGS.num_samples, guidance_scale=scale, image_guidance_scale=image_scale,
       cd_k_fraction=FLAGS.cd_k_fraction, cd_k_alpha=FLAGS.cd_k_alpha, cd_k_k=FLAGS.cd_k_k,
       seed=FLAGS.seed)
 
@@ -129,19 +142,40 @@ def sample_grid(images: np.ndarray, scale: Optional[int] = None) -> Tuple[np.nda
   return image_grid(large.reshape((-1,) + large.shape[2:]), columns=images.shape[1]), factor
 
 
+def write_text_task(pretrained: Pretrained, config: DecodingConfig) -> None:
+  """Captions or answers: printed, and written as JSON to --output (its extension made .json)."""
+  result = instruction_tasks.text_task(pretrained, config)
+  result.update(checkpoint=os.path.abspath(FLAGS.checkpoint), task=FLAGS.task,
+                decoding=dataclasses.asdict(config))
+  path = os.path.splitext(FLAGS.output)[0] + '.json'
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(result, f, indent=2)
+  print(json.dumps({k: result[k] for k in ('captions', 'answers') if k in result}))
+  print(path)
+
+
 def main(argv):
   del argv
-  prompts = read_prompts()
+  task = FLAGS.task
+  prompts = read_prompts(required=task in ('text_to_image', 'control', 'ground', 'render'))
   pretrained = Pretrained.load(FLAGS.checkpoint, FLAGS.image_tokenizer,
                                mesh=distributed.local_mesh(), dtype=FLAGS.dtype)
   config = decoding_config()
-  prefixes, retrieved = retrieved_prefixes(pretrained, prompts)
-  images, _ = generation.text_to_image(pretrained, prompts, config, prefixes)
+  if task in instruction_tasks.TEXT_TASKS:
+    write_text_task(pretrained, config)
+    return
+  retrieved = None
+  if task == 'text_to_image':
+    prefixes, retrieved = retrieved_prefixes(pretrained, prompts)
+    images, _ = generation.text_to_image(pretrained, prompts, config, prefixes)
+  else:
+    images, prompts = instruction_tasks.image_task(pretrained, config, prompts)
   images = rerank(images, prompts)
   grid, factor = sample_grid(images, FLAGS.scale)
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
   Image.fromarray(grid).save(FLAGS.output)
-  settings = {'checkpoint': os.path.abspath(FLAGS.checkpoint), 'prompts': prompts,
+  settings = {'checkpoint': os.path.abspath(FLAGS.checkpoint), 'task': task, 'prompts': prompts,
               'decoding': dataclasses.asdict(config), 'retrieved': retrieved,
               'clip_rerank': FLAGS.clip_rerank, 'keep': FLAGS.keep, 'scale': factor,
               'image_tokenizer': pretrained.image_tokenizer_path}

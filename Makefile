@@ -13,7 +13,7 @@ QUICKSTART_DIR ?= /tmp/cm3leon_quickstart
 # both targets, so this holds for all of them (JAX_PLATFORMS= make demo lets JAX pick the device).
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: test demo benchmark clean java-runtime
+.PHONY: test demo sft-demo benchmark clean java-runtime
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: $(VENV)/.test java-runtime
 
 demo: $(VENV)/.runtime
 	$(BIN)/python tools/quickstart.py --workdir=$(QUICKSTART_DIR)
+
+# The fine-tuning stage, continuing from `make demo`'s workdir (run that first).
+sft-demo: $(VENV)/.runtime
+	$(BIN)/python tools/sft_quickstart.py --workdir=$(QUICKSTART_DIR)
 
 benchmark: $(VENV)/.test
 	$(BIN)/python tools/benchmark.py decoder

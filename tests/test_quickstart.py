@@ -93,3 +93,35 @@ def test_caption_tool_captions_a_folder_and_names_a_broken_image(tiny_quickstart
             f'--output={tmp_path / "captions.jsonl"}'])
   lines = [json.loads(line) for line in (tmp_path / 'captions.jsonl').read_text().splitlines()]
   assert {os.path.basename(line['image']) for line in lines} == {'black.png', 'broken.png'}
+
+
+@pytest.mark.slow
+def test_the_fine_tuning_stage_continues_from_the_quickstart_and_judges_each_task(
+    tiny_quickstart, tmp_path):
+  workdir = tmp_path / 'workdir'
+  workdir.mkdir()
+  for name in ('model', 'data', 'image_tokenizer'):  # What the stage reads; it writes beside them.
+    os.symlink(tiny_quickstart / name, workdir / name)
+  run_tool(['tools/sft_quickstart.py', f'--workdir={workdir}', '--tasks=edit,vqa',
+            '--train_documents=24', '--validation_documents=16', '--steps=4',
+            '--judged_examples=4', '--gin_bindings=train.train.eval_every=4',
+            '--gin_bindings=train.train.eval_batches=1', '--gin_bindings=train.train.log_every=2',
+            '--gin_bindings=register_store_task.shuffle_buffer_size=24'],
+           env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=1200)
+  report = json.loads((workdir / 'sft_report.json').read_text())
+  assert set(report['tasks']) == {'edit', 'vqa'} and report['steps'] == 4
+  for result in report['tasks'].values():
+    assert set(result['rates']) == {'pretrained', 'fine_tuned', 'baseline'}
+    assert 3 <= result['examples'] <= 4  # A held-out scene may admit no edit.
+    for key in ('fine_tuned_minus_pretrained', 'fine_tuned_minus_baseline'):
+      gain = result[key]
+      assert gain['ci95_low'] <= gain['difference'] <= gain['ci95_high']
+  # Fine-tuning read the quickstart's parameters and trained on the mixture of both stores.
+  model = json.loads((workdir / 'sft_model' / 'model.json').read_text())
+  assert model['model_config'] == json.loads((tiny_quickstart / 'model' / 'model.json').read_text(
+      ))['model_config']
+  metrics = [json.loads(line) for line in (workdir / 'sft_model' / 'metrics.jsonl').open()]
+  assert max(r['step'] for r in metrics if r['split'] == 'train') == 4
+  for store in ('sft_edit', 'sft_vqa'):
+    manifest = json.loads((workdir / 'sft_data' / store / 'train' / 'manifest.json').read_text())
+    assert manifest['num_documents'] + manifest['num_bad'] == 24

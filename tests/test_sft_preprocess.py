@@ -150,3 +150,49 @@ class _Records:
 
   def read(self, start, stop):
     yield from self.records[start:stop]
+
+
+def test_coco_captions_become_captioning_documents_one_per_caption(tmp_path, shared_tokenizers):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from cm3leon_jax.data.sources import CocoCaptionsSource  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'coco' / 'train'
+  with tfds.testing.mock_data(num_examples=3):
+    coco = CocoCaptionsSource('train')
+    raw = list(coco.read(0, coco.num_records()))
+    sft_preprocess.run(sft_sources.CaptionInstructions(coco),
+                       data_helpers.preprocess_config(folder, *shared_tokenizers))
+  documents = {d.id: d for d in DocumentStore(str(folder)).documents()}
+  want = {}
+  for record in raw:
+    for k, text in enumerate(record.texts):
+      prompt = ('plain', 'describe')[(record.index + k) % 2]
+      want[f'{record.id}#{k}' if len(record.texts) > 1 else record.id] = templates.render(
+          templates.caption(text, prompt))
+  assert {i: d.text for i, d in documents.items()} == want and len(want) > 3
+
+
+def test_vqa_files_become_vqa_documents_in_the_three_wordings(tmp_path, shared_tokenizers):
+  for image_id in (1, 2):
+    _save(tmp_path / f'COCO_val2014_{image_id:012d}.jpg', _scene(image_id))
+  questions = [{'question_id': 10 + i, 'image_id': image_id, 'question': f'what is {i}?'}
+               for i, image_id in enumerate((1, 2, 1, 2, 3, 1))]  # Image 3 does not exist.
+  annotations = [{'question_id': 10 + i, 'multiple_choice_answer': f'answer {i}'}
+                 for i in range(5)]  # Question 15 has no annotation.
+  (tmp_path / 'q.json').write_text(json.dumps({'data_subtype': 'val2014', 'questions': questions}))
+  (tmp_path / 'a.json').write_text(json.dumps({'annotations': annotations}))
+  source = sft_sources.VqaJsonSource(str(tmp_path / 'q.json'), str(tmp_path / 'a.json'),
+                                     str(tmp_path))
+  folder = tmp_path / 'vqa' / 'train'
+  sft_preprocess.run(source, data_helpers.preprocess_config(folder, *shared_tokenizers))
+  store = DocumentStore(str(folder))
+  texts = {d.id: d.text for d in store.documents()}
+  assert texts == {
+      'vqa/10': 'Question: what is 0? Answer: answer 0. <break> {image}',
+      'vqa/11': 'Question: what is 1?\nanswer 1 <break> {image}',
+      'vqa/12': 'Question: what is 2? The answer is answer 2. <break> {image}',
+      'vqa/13': 'Question: what is 3? Answer: answer 3. <break> {image}'}
+  assert {k: v for k, v in store.manifest['bad_by_reason'].items() if v} == {
+      'unreadable_record': 1, 'bad_image': 1}
+  with pytest.raises(ValueError, match='not VQAv2-style'):
+    (tmp_path / 'bad.json').write_text(json.dumps({'questions': [{'image_id': 1}]}))
+    sft_sources.VqaJsonSource(str(tmp_path / 'bad.json'), str(tmp_path / 'a.json'), str(tmp_path))

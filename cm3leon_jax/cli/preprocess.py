@@ -18,6 +18,9 @@ r"""Preprocess image-caption pairs into a document store with Apache Beam.
   python tools/preprocess.py --source=synthetic_instructions --task=edit --num_examples=2000 ...
   python tools/preprocess.py --source=instruct_pix2pix --manifest=edits.jsonl ...
   python tools/preprocess.py --source=control --control=canny --manifest=controls.jsonl ...
+  python tools/preprocess.py --source=coco_caption_instructions --tfds_data_dir=~/tfds ...
+  python tools/preprocess.py --source=vqa_json --questions=v2_OpenEnded_mscoco_val2014_questions.json \
+      --annotations=v2_mscoco_val2014_annotations.json --image_root=val2014 ...
 
 Flags this tool does not know are Beam pipeline options, e.g. ``--runner=DataflowRunner
 --project=P --region=R --temp_location=gs://... --requirements_file=requirements.txt`` (on
@@ -37,7 +40,8 @@ from cm3leon_jax.data import beam, preprocess, sft_preprocess, sft_sources
 from cm3leon_jax.data import sft_templates
 from cm3leon_jax.data.sources import CocoCaptionsSource, JsonlSource, SyntheticSource
 
-INSTRUCTION_SOURCES = ('synthetic_instructions', 'instruct_pix2pix', 'control')
+INSTRUCTION_SOURCES = ('synthetic_instructions', 'instruct_pix2pix', 'control',
+                       'coco_caption_instructions', 'vqa_json')
 _SOURCE = flags.DEFINE_enum('source', 'synthetic', ['synthetic', 'coco_captions', 'jsonl',
                                                     *INSTRUCTION_SOURCES],
                             'Where the image-caption pairs or instruction records come from.')
@@ -56,6 +60,11 @@ _NUM_EXAMPLES = flags.DEFINE_integer('num_examples', 2000, 'Synthetic pairs to m
 _TFDS_DATA_DIR = flags.DEFINE_string('tfds_data_dir', None, 'tensorflow-datasets data_dir.')
 _MANIFEST = flags.DEFINE_string('manifest', None, 'JSONL manifest (--source=jsonl, '
                                 'instruct_pix2pix or control).')
+_QUESTIONS = flags.DEFINE_string('questions', None, 'VQAv2-style questions file (--source=vqa_json).')
+_ANNOTATIONS = flags.DEFINE_string('annotations', None,
+                                   'VQAv2-style annotations file (--source=vqa_json).')
+_IMAGE_PATTERN = flags.DEFINE_string('image_pattern', 'COCO_{subtype}_{image_id:012d}.jpg',
+                                     'Image file names of --source=vqa_json, under --image_root.')
 _IMAGE_ROOT = flags.DEFINE_string('image_root', None,
                                   'Folder the manifest\'s image paths are relative to '
                                   '(default: the manifest\'s folder).')
@@ -79,6 +88,13 @@ def make_source():
     return CocoCaptionsSource(_SPLIT.value, _TFDS_DATA_DIR.value)
   if _SOURCE.value == 'synthetic_instructions':
     return sft_sources.SyntheticInstructionSource(_TASK.value, _NUM_EXAMPLES.value, _SPLIT.value)
+  if _SOURCE.value == 'coco_caption_instructions':
+    return sft_sources.CaptionInstructions(CocoCaptionsSource(_SPLIT.value, _TFDS_DATA_DIR.value))
+  if _SOURCE.value == 'vqa_json':
+    if not (_QUESTIONS.value and _ANNOTATIONS.value and _IMAGE_ROOT.value):
+      raise app.UsageError('--source=vqa_json needs --questions, --annotations and --image_root.')
+    return sft_sources.VqaJsonSource(_QUESTIONS.value, _ANNOTATIONS.value, _IMAGE_ROOT.value,
+                                     _IMAGE_PATTERN.value)
   if not _MANIFEST.value:
     raise app.UsageError(f'--source={_SOURCE.value} needs --manifest.')
   if _SOURCE.value == 'instruct_pix2pix':

@@ -190,8 +190,9 @@ def _document(prepared: PreparedInstruction, codes: Dict[str, np.ndarray]) -> st
   parts = tuple(dataclasses.replace(part, ids=codes[next(roles)])
                 if part.kind == store_lib.IMAGE_PART else part for part in prepared.parts)
   metadata = dict(record.metadata, task=record.task)
-  return store_lib.Document(record.id, record.index, 0, prepared.text, np.zeros(0, np.int32),
-                            np.zeros(0, np.int32), metadata, parts=parts)
+  empty = np.zeros(0, np.int32)
+  return store_lib.Document(record.id, record.index, record.variant, prepared.text, empty, empty,
+                            metadata, parts=parts)
 
 
 def run(source, config: PreprocessConfig,

@@ -12,10 +12,12 @@ one document of parts:
   caption            caption, prompt                      image
   vqa                question, answer, style              image
 
-Sources: ``SyntheticInstructionSource`` (every task over the built-in scenes), and the files users
+Sources: ``SyntheticInstructionSource`` (every task over the built-in scenes), and the data users
 bring: ``InstructPix2PixSource`` (JSONL of input image, instruction, output image),
 ``ControlSource`` (JSONL of image, optional control image, caption; canny edges computed with
-OpenCV when the record has no control image). Like the caption sources they read any range of
+OpenCV when the record has no control image), ``CaptionInstructions`` (any image-caption source,
+e.g. MS-COCO captions, as captioning documents) and ``VqaJsonSource`` (VQAv2's question and
+annotation files). Like the caption sources they read any range of
 records and never raise on a bad one: a line that cannot be parsed comes back with ``error`` set.
 """
 
@@ -44,6 +46,7 @@ class InstructionRecord:
   Attributes:
     index: position in the source (orders the store).
     id: stable, unique name for the store and error reports.
+    variant: which of the source record's documents this is (a COCO image's k-th caption).
     task: see the module's table ('edit', 'control:canny', 'vqa', ...).
     fields: the template's fields.
     images: raw images by role ('input', 'output', 'control', 'image').
@@ -54,6 +57,7 @@ class InstructionRecord:
   index: int
   id: str
   task: str = ''
+  variant: int = 0
   fields: Dict[str, Any] = dataclasses.field(default_factory=dict)
   images: Dict[str, RawImage] = dataclasses.field(default_factory=dict)
   metadata: Dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -231,3 +235,81 @@ class ControlSource(_JsonlInstructions):
   def describe(self) -> Dict[str, Any]:
     return {'source': 'control_jsonl', 'manifest': os.path.abspath(self.manifest),
             'control': self.control, 'count': self.num_records()}
+
+
+class CaptionInstructions:
+  """Captioning documents of an image-caption source (``data.sources``: MS-COCO captions,
+  JSONL, synthetic), one per caption, cycling through the given caption prompts."""
+
+  def __init__(self, source, prompts=('plain', 'describe')):
+    unknown = [p for p in prompts if p not in templates.CAPTION_PROMPTS]
+    if not prompts or unknown:
+      raise ValueError(f'Caption prompts must be among {sorted(templates.CAPTION_PROMPTS)}; got '
+                       f'{list(prompts)}.')
+    self.source, self.prompts = source, tuple(prompts)
+
+  def num_records(self) -> int:
+    return self.source.num_records()
+
+  def read(self, start: int, stop: int) -> Iterator[InstructionRecord]:
+    for raw in self.source.read(start, stop):
+      if raw.error or not raw.texts:
+        yield InstructionRecord(raw.index, raw.id, 'caption', metadata=dict(raw.metadata),
+                                error=raw.error or 'the record has no caption')
+        continue
+      for k, text in enumerate(raw.texts):
+        record_id = raw.id if len(raw.texts) == 1 else f'{raw.id}#{k}'
+        prompt = self.prompts[(raw.index + k) % len(self.prompts)]
+        yield InstructionRecord(raw.index, record_id, 'caption', k,
+                                {'caption': text, 'prompt': prompt}, {'image': raw.image},
+                                dict(raw.metadata))
+
+  def describe(self) -> Dict[str, Any]:
+    return {'source': 'caption_instructions', 'prompts': list(self.prompts),
+            'captions': self.source.describe()}
+
+
+class VqaJsonSource:
+  """VQAv2-style files: ``{"questions": [{"question_id", "image_id", "question"}]}`` and
+  ``{"annotations": [{"question_id", "multiple_choice_answer"}]}``; images found by
+  `image_pattern` (VQAv2's COCO names by default) under `image_root`. Each question becomes a VQA
+  document in the three wordings in turn, answered with its most common human answer."""
+
+  def __init__(self, questions: str, annotations: str, image_root: str,
+               image_pattern: str = 'COCO_{subtype}_{image_id:012d}.jpg'):
+    try:
+      with open(questions, encoding='utf-8') as f:
+        question_file = json.load(f)
+      self.questions = sorted(question_file['questions'], key=lambda q: q['question_id'])
+      with open(annotations, encoding='utf-8') as f:
+        answers = {a['question_id']: a for a in json.load(f)['annotations']}
+    except (KeyError, TypeError, ValueError) as e:
+      raise ValueError(f'{questions} / {annotations} are not VQAv2-style question and annotation '
+                       f'files (missing or malformed {e}).') from e
+    self._answers, self.image_root, self.image_pattern = answers, image_root, image_pattern
+    self._subtype = question_file.get('data_subtype', '')
+    self._paths = (questions, annotations)
+
+  def num_records(self) -> int:
+    return len(self.questions)
+
+  def read(self, start: int, stop: int) -> Iterator[InstructionRecord]:
+    for index in range(start, stop):
+      question = self.questions[index]
+      record = InstructionRecord(index, f'vqa/{question["question_id"]}', 'vqa',
+                                 metadata={'question_id': question['question_id'],
+                                           'image_id': question['image_id']})
+      annotation = self._answers.get(question['question_id'])
+      if annotation is None:
+        record.error = f'question {question["question_id"]} has no annotation'
+      else:
+        record.fields = {'question': question.get('question'),
+                         'answer': annotation.get('multiple_choice_answer'),
+                         'style': index % templates.VQA_STYLES}
+        name = self.image_pattern.format(subtype=self._subtype, image_id=question['image_id'])
+        record.images = {'image': os.path.join(self.image_root, name)}
+      yield record
+
+  def describe(self) -> Dict[str, Any]:
+    return {'source': 'vqa_json', 'questions': os.path.abspath(self._paths[0]),
+            'annotations': os.path.abspath(self._paths[1]), 'count': self.num_records()}

@@ -103,6 +103,8 @@ def test_users_edit_pairs_and_control_images_with_bad_records_counted(tmp_path, 
       {'input_image': a, 'instruction': 'grow it', 'output_image': big},  # Sizes differ.
       '{"input_image": "a.png", broken',
       {'input_image': a, 'instruction': 'remove it', 'output_image': 'missing.png'},
+      {'input_image': a, 'instruction': ' '.join(['turn the red square blue'] * 12),
+       'output_image': b},  # Longer than the 80-token context.
   ])
   controls = _write_jsonl(tmp_path / 'controls.jsonl', [
       {'image': a, 'caption': 'a red square'},  # Canny computed from the image.
@@ -118,18 +120,21 @@ def test_users_edit_pairs_and_control_images_with_bad_records_counted(tmp_path, 
   source = ChainSource(sft_sources.InstructPix2PixSource(str(edits)),
                        sft_sources.ControlSource(str(controls)), _Records([boxes, wide]))
   folder = tmp_path / 'store' / 'train'
-  sft_preprocess.run(source, data_helpers.preprocess_config(folder, *shared_tokenizers))
+  sft_preprocess.run(source, data_helpers.preprocess_config(folder, *shared_tokenizers,
+                                                            max_document_tokens=80))
   store = DocumentStore(str(folder))
   assert store.manifest['num_documents'] == 4
   (grounded,) = [d for d in store.documents() if d.id == 'boxes/1']
   assert grounded.text == ('Generate high quality image of a square with segmentations square at '
                            '(32, 32, 112, 96) <break> {output}')
   assert {k: v for k, v in store.manifest['bad_by_reason'].items() if v} == {
-      'bad_template': 2, 'image_size_mismatch': 2, 'unreadable_record': 1, 'bad_image': 1}
+      'bad_template': 2, 'image_size_mismatch': 2, 'unreadable_record': 1, 'bad_image': 1,
+      'document_too_long': 1}
   bad = [json.loads(line) for line in (folder / 'bad_records.jsonl').read_text().splitlines()]
   reasons = {b['id']: b['reason'] for b in bad}
   assert reasons == {'edits.jsonl:2': 'bad_template', 'edits.jsonl:3': 'image_size_mismatch',
                      'edits.jsonl:4': 'unreadable_record', 'edits.jsonl:5': 'bad_image',
+                     'edits.jsonl:6': 'document_too_long',
                      'controls.jsonl:3': 'image_size_mismatch', 'boxes/0': 'bad_template'}
   assert 'instruction' in next(b['message'] for b in bad if b['id'] == 'edits.jsonl:2')
   assert '(4, 4, 40, 12)' in next(b['message'] for b in bad if b['id'] == 'boxes/0')

@@ -73,6 +73,9 @@ _BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Images per VQ-GAN call.')
 _CAPTIONS_PER_IMAGE = flags.DEFINE_integer('captions_per_image', 0,
                                            'Documents per image (0: one per caption).')
 _MAX_TEXT_TOKENS = flags.DEFINE_integer('max_text_tokens', 512, 'Longer captions are skipped.')
+_MAX_DOCUMENT_TOKENS = flags.DEFINE_integer(
+    'max_document_tokens', None, 'Instruction documents longer than this (the training sequence '
+    'length) are skipped.')
 _MIN_IMAGE_SIDE = flags.DEFINE_integer('min_image_side', 2, 'Smaller images are skipped.')
 _NUM_SENTINELS = flags.DEFINE_integer('num_sentinels', 256, 'CM3 sentinels in the vocabulary.')
 _CLIP = flags.DEFINE_string('clip', None,
@@ -110,7 +113,8 @@ def main(argv):
       text_vocabulary=_TEXT_VOCABULARY.value, image_tokenizer=_IMAGE_TOKENIZER.value,
       num_shards=_NUM_SHARDS.value, batch_size=_BATCH_SIZE.value,
       captions_per_image=_CAPTIONS_PER_IMAGE.value, max_text_tokens=_MAX_TEXT_TOKENS.value,
-      min_image_side=_MIN_IMAGE_SIDE.value, num_sentinels=_NUM_SENTINELS.value, clip=_CLIP.value)
+      min_image_side=_MIN_IMAGE_SIDE.value, num_sentinels=_NUM_SENTINELS.value, clip=_CLIP.value,
+      max_document_tokens=_MAX_DOCUMENT_TOKENS.value)
   options = PipelineOptions(argv[1:])
   run_pipeline = sft_preprocess.run if _SOURCE.value in INSTRUCTION_SOURCES else preprocess.run
   path = run_pipeline(make_source(), config, options)

@@ -40,7 +40,8 @@ _GIN_BINDINGS = flags.DEFINE_multi_string('gin_bindings', [], 'Extra bindings fo
 TASKS = ('edit', 'control:canny', 'control:segmentation', 'ground', 'caption', 'vqa')
 _TASKS = flags.DEFINE_list('tasks', list(TASKS), 'The instruction tasks to fine-tune on and '
                            '(all but caption) to judge.')
-HELD_OUT_SPLIT = 'test'  # Synthetic scenes no split of either stage trains or validates on.
+HELD_OUT_SPLIT = 'test'
+SEQUENCE_LENGTH = 256  # gin/quickstart.gin's TASK_FEATURE_LENGTHS.  # Synthetic scenes no split of either stage trains or validates on.
 
 
 def _store_name(task: str) -> str:
@@ -58,7 +59,8 @@ def preprocess_tasks(workdir: str) -> str:
                          ('validation', _VALIDATION_DOCUMENTS.value)):
       split_dir = os.path.join(data_dir, _store_name(task), split)
       if not os.path.exists(os.path.join(split_dir, 'manifest.json')):
-        config = preprocess.PreprocessConfig(split_dir, text, image, num_shards=2, batch_size=64)
+        config = preprocess.PreprocessConfig(split_dir, text, image, num_shards=2, batch_size=64,
+                                             max_document_tokens=SEQUENCE_LENGTH)
         sft_preprocess.run(sft_sources.SyntheticInstructionSource(task, count, split), config)
   return data_dir
 

@@ -33,7 +33,7 @@ from cm3leon_jax.tokenizers import document_encoder as encoder_lib
 
 COUNTER_NAMESPACE = 'cm3leon_preprocess'
 BAD_REASONS = ('unreadable_record', 'no_image', 'bad_image', 'no_text', 'empty_text',
-               'text_too_long', 'bad_template', 'image_size_mismatch')
+               'text_too_long', 'bad_template', 'image_size_mismatch', 'document_too_long')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,8 @@ class PreprocessConfig:
     num_read_ranges: how many pieces the source is split into for reading (parallelism).
     clip: a CLIP checkpoint folder; when given, each document also stores its image's CLIP
       embedding, which the retrieval stage (tools/build_index.py) needs.
+    max_document_tokens: instruction documents longer than this (parts, <break>s and the final
+      <eos>) are skipped as too long; set it to the training sequence length. None: no limit.
   """
 
   output_dir: str
@@ -66,6 +68,7 @@ class PreprocessConfig:
   num_sentinels: int = 256
   num_read_ranges: int = 16
   clip: Optional[str] = None
+  max_document_tokens: Optional[int] = None
 
   def __post_init__(self):
     for name in ('num_shards', 'batch_size', 'max_text_tokens', 'num_read_ranges'):
@@ -263,6 +266,7 @@ def _manifest_header(source, config: PreprocessConfig, tokenizer_config,
                      'num_sentinels': config.num_sentinels},
       'captions_per_image': config.captions_per_image,
       'max_text_tokens': config.max_text_tokens,
+      'max_document_tokens': config.max_document_tokens,
       'clip': _clip_manifest(config.clip),
   }
 

@@ -6,8 +6,9 @@ documents (``data.preprocess`` for the shape of the pipeline, the store and the 
     record -> one document of parts per record -> sorted shards; bad records counted and listed
 
 Bad records never stop the run. Besides the caption pipeline's reasons, a record is skipped as
-``bad_template`` (a missing or empty field, an unknown task or control, a box outside its image)
-or ``image_size_mismatch`` (an edit pair, or a control image and its target, of different sizes).
+``bad_template`` (a missing or empty field, an unknown task or control, a box outside its image),
+``image_size_mismatch`` (an edit pair, or a control image and its target, of different sizes) or
+``document_too_long`` (longer than ``max_document_tokens``, the training sequence length).
 """
 
 import dataclasses
@@ -65,7 +66,10 @@ class CheckAndPrepareInstruction(beam.DoFn):
     self._config, self._image_size = config, image_size
 
   def setup(self):
+    from cm3leon_jax.tokenizers.image import ImageTokenizer  # pylint: disable=g-import-not-at-top
     self._text = store_lib.text_vocabulary(self._config.text_vocabulary)
+    tokenizer = ImageTokenizer.load_config(self._config.image_tokenizer)
+    self._tokens_per_image = (tokenizer.resolution // tokenizer.downsample_factor) ** 2
 
   def process(self, record: sft_sources.InstructionRecord):
     if record.error:
@@ -95,7 +99,8 @@ class CheckAndPrepareInstruction(beam.DoFn):
       edges = sft_sources.canny_edges(image_lib.postprocess(pixels['output']))
       pixels['control'] = edges.astype(np.float32) / 127.5 - 1.0
     stored = document_parts(parts, self._encode_text(record),
-                                      {name: np.zeros(0, np.int32) for name in pixels}, record.id)
+                            {name: np.zeros(0, np.int32) for name in pixels}, record.id)
+    self._check_length(record, stored)
     return PreparedInstruction(record, templates.render(parts), stored,
                                templates.image_names(parts), pixels)
 
@@ -138,6 +143,17 @@ class CheckAndPrepareInstruction(beam.DoFn):
                     'crop the image is cut to.')
       moved.append((label, after))
     return dataclasses.replace(record, fields=dict(record.fields, objects=moved))
+
+  def _check_length(self, record, stored) -> None:
+    """Skip a document longer than max_document_tokens: parts, <break>s and the final <eos>."""
+    limit = self._config.max_document_tokens
+    if limit is None:
+      return
+    length = sum(self._tokens_per_image if p.kind == store_lib.IMAGE_PART else len(p.ids)
+                 for p in stored) + sum(not p.joined for p in stored[1:]) + 1
+    if length > limit:
+      raise _Skip('document_too_long', f'Record {record.id}: {length} tokens, more than '
+                  f'max_document_tokens={limit} (the training sequence length).')
 
   def _encode_text(self, record):
     total = [0]

@@ -46,22 +46,22 @@ class InstructionRecord:
   Attributes:
     index: position in the source (orders the store).
     id: stable, unique name for the store and error reports.
-    variant: which of the source record's documents this is (a COCO image's k-th caption).
     task: see the module's table ('edit', 'control:canny', 'vqa', ...).
     fields: the template's fields.
     images: raw images by role ('input', 'output', 'control', 'image').
     metadata: small JSON-able facts kept with the document.
     error: set by the source when it could not parse the record.
+    variant: which of the source record's documents this is (a COCO image's k-th caption).
   """
 
   index: int
   id: str
   task: str = ''
-  variant: int = 0
   fields: Dict[str, Any] = dataclasses.field(default_factory=dict)
   images: Dict[str, RawImage] = dataclasses.field(default_factory=dict)
   metadata: Dict[str, Any] = dataclasses.field(default_factory=dict)
   error: Optional[str] = None
+  variant: int = 0
 
 
 def template_parts(record: InstructionRecord, resolution: int) -> Tuple[templates.Part, ...]:
@@ -260,9 +260,9 @@ class CaptionInstructions:
       for k, text in enumerate(raw.texts):
         record_id = raw.id if len(raw.texts) == 1 else f'{raw.id}#{k}'
         prompt = self.prompts[(raw.index + k) % len(self.prompts)]
-        yield InstructionRecord(raw.index, record_id, 'caption', k,
+        yield InstructionRecord(raw.index, record_id, 'caption',
                                 {'caption': text, 'prompt': prompt}, {'image': raw.image},
-                                dict(raw.metadata))
+                                dict(raw.metadata), variant=k)
 
   def describe(self) -> Dict[str, Any]:
     return {'source': 'caption_instructions', 'prompts': list(self.prompts),

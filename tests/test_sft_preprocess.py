@@ -111,6 +111,8 @@ def test_users_edit_pairs_and_control_images_with_bad_records_counted(tmp_path, 
       {'image': a, 'caption': 'a red square', 'control_image': b},
       {'image': a, 'caption': 'a red square', 'control_image': big},  # Sizes differ.
   ])
+  signs = _write_jsonl(tmp_path / 'signs.jsonl', [
+      {'image': a, 'text': 'stop'}, {'image': a, 'text': ''}])  # The second shows no text.
   boxes = sft_sources.InstructionRecord(0, 'boxes/0', 'ground', {
       'caption': 'a square', 'objects': [('square', (4, 4, 40, 12))]}, {'output': _scene(3)})
   # 64x32: kept at scale 1, 16 columns cropped on the left; (4, 4, 14, 12) then reads 0-255.
@@ -118,24 +120,28 @@ def test_users_edit_pairs_and_control_images_with_bad_records_counted(tmp_path, 
       'caption': 'a square', 'objects': [['square', [20, 4, 30, 12]]]},
       {'output': np.full((32, 64, 3), 200, np.uint8)})
   source = ChainSource(sft_sources.InstructPix2PixSource(str(edits)),
-                       sft_sources.ControlSource(str(controls)), _Records([boxes, wide]))
+                       sft_sources.ControlSource(str(controls)),
+                       sft_sources.RenderedTextSource(str(signs)), _Records([boxes, wide]))
   folder = tmp_path / 'store' / 'train'
   sft_preprocess.run(source, data_helpers.preprocess_config(folder, *shared_tokenizers,
                                                             max_document_tokens=80))
   store = DocumentStore(str(folder))
-  assert store.manifest['num_documents'] == 4
+  assert store.manifest['num_documents'] == 5
+  (sign,) = [d for d in store.documents() if d.id == 'signs.jsonl:1']
+  assert sign.text == 'draw "stop" <break> {output}'
   (grounded,) = [d for d in store.documents() if d.id == 'boxes/1']
   assert grounded.text == ('Generate high quality image of a square with segmentations square at '
                            '(32, 32, 112, 96) <break> {output}')
   assert {k: v for k, v in store.manifest['bad_by_reason'].items() if v} == {
-      'bad_template': 2, 'image_size_mismatch': 2, 'unreadable_record': 1, 'bad_image': 1,
+      'bad_template': 3, 'image_size_mismatch': 2, 'unreadable_record': 1, 'bad_image': 1,
       'document_too_long': 1}
   bad = [json.loads(line) for line in (folder / 'bad_records.jsonl').read_text().splitlines()]
   reasons = {b['id']: b['reason'] for b in bad}
   assert reasons == {'edits.jsonl:2': 'bad_template', 'edits.jsonl:3': 'image_size_mismatch',
                      'edits.jsonl:4': 'unreadable_record', 'edits.jsonl:5': 'bad_image',
                      'edits.jsonl:6': 'document_too_long',
-                     'controls.jsonl:3': 'image_size_mismatch', 'boxes/0': 'bad_template'}
+                     'controls.jsonl:3': 'image_size_mismatch', 'signs.jsonl:2': 'bad_template',
+                     'boxes/0': 'bad_template'}
   assert 'instruction' in next(b['message'] for b in bad if b['id'] == 'edits.jsonl:2')
   assert '(4, 4, 40, 12)' in next(b['message'] for b in bad if b['id'] == 'boxes/0')
   computed = next(d for d in store.documents() if d.id == 'controls.jsonl:1')

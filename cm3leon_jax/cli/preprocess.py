@@ -18,6 +18,7 @@ r"""Preprocess image-caption pairs into a document store with Apache Beam.
   python tools/preprocess.py --source=synthetic_instructions --task=edit --num_examples=2000 ...
   python tools/preprocess.py --source=instruct_pix2pix --manifest=edits.jsonl ...
   python tools/preprocess.py --source=control --control=canny --manifest=controls.jsonl ...
+  python tools/preprocess.py --source=rendered_text --manifest=signs.jsonl ...
   python tools/preprocess.py --source=coco_caption_instructions --tfds_data_dir=~/tfds ...
   python tools/preprocess.py --source=vqa_json --questions=v2_OpenEnded_mscoco_val2014_questions.json \
       --annotations=v2_mscoco_val2014_annotations.json --image_root=val2014 ...
@@ -40,7 +41,7 @@ from cm3leon_jax.data import beam, preprocess, sft_preprocess, sft_sources
 from cm3leon_jax.data import sft_templates
 from cm3leon_jax.data.sources import CocoCaptionsSource, JsonlSource, SyntheticSource
 
-INSTRUCTION_SOURCES = ('synthetic_instructions', 'instruct_pix2pix', 'control',
+INSTRUCTION_SOURCES = ('synthetic_instructions', 'instruct_pix2pix', 'control', 'rendered_text',
                        'coco_caption_instructions', 'vqa_json')
 _SOURCE = flags.DEFINE_enum('source', 'synthetic', ['synthetic', 'coco_captions', 'jsonl',
                                                     *INSTRUCTION_SOURCES],
@@ -59,7 +60,7 @@ _IMAGE_TOKENIZER = flags.DEFINE_string('image_tokenizer', None,
 _NUM_EXAMPLES = flags.DEFINE_integer('num_examples', 2000, 'Synthetic pairs to make.')
 _TFDS_DATA_DIR = flags.DEFINE_string('tfds_data_dir', None, 'tensorflow-datasets data_dir.')
 _MANIFEST = flags.DEFINE_string('manifest', None, 'JSONL manifest (--source=jsonl, '
-                                'instruct_pix2pix or control).')
+                                'instruct_pix2pix, control or rendered_text).')
 _QUESTIONS = flags.DEFINE_string('questions', None, 'VQAv2-style questions file (--source=vqa_json).')
 _ANNOTATIONS = flags.DEFINE_string('annotations', None,
                                    'VQAv2-style annotations file (--source=vqa_json).')
@@ -104,6 +105,8 @@ def make_source():
     return sft_sources.InstructPix2PixSource(_MANIFEST.value, _IMAGE_ROOT.value)
   if _SOURCE.value == 'control':
     return sft_sources.ControlSource(_MANIFEST.value, _CONTROL.value, _IMAGE_ROOT.value)
+  if _SOURCE.value == 'rendered_text':
+    return sft_sources.RenderedTextSource(_MANIFEST.value, _IMAGE_ROOT.value)
   return JsonlSource(_MANIFEST.value, _IMAGE_ROOT.value)
 
 

@@ -15,7 +15,8 @@ one document of parts:
 Sources: ``SyntheticInstructionSource`` (every task over the built-in scenes), and the data users
 bring: ``InstructPix2PixSource`` (JSONL of input image, instruction, output image),
 ``ControlSource`` (JSONL of image, optional control image, caption; canny edges computed with
-OpenCV when the record has no control image), ``CaptionInstructions`` (any image-caption source,
+OpenCV when the record has no control image), ``RenderedTextSource`` (JSONL of images with the
+text they show), ``CaptionInstructions`` (any image-caption source,
 e.g. MS-COCO captions, as captioning documents) and ``VqaJsonSource`` (VQAv2's question and
 annotation files). Like the caption sources they read any range of
 records and never raise on a bad one: a line that cannot be parsed comes back with ``error`` set.
@@ -235,6 +236,21 @@ class ControlSource(_JsonlInstructions):
   def describe(self) -> Dict[str, Any]:
     return {'source': 'control_jsonl', 'manifest': os.path.abspath(self.manifest),
             'control': self.control, 'count': self.num_records()}
+
+
+class RenderedTextSource(_JsonlInstructions):
+  """Text rendering: ``{"image": "sign.png", "text": "STOP"}``, images showing their text (an
+  OCR dataset's images with their transcriptions)."""
+
+  def _fill(self, record, line):
+    record.task = 'render'
+    record.fields = {'text': line.get('text')}
+    record.images = {'output': self._path(line.get('image'))}
+    record.metadata = {'image': line.get('image')}
+
+  def describe(self) -> Dict[str, Any]:
+    return {'source': 'rendered_text_jsonl', 'manifest': os.path.abspath(self.manifest),
+            'count': self.num_records()}
 
 
 class CaptionInstructions:

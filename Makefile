@@ -1,8 +1,10 @@
-# The two commands of the README:
+# The two commands of the README, and the fine-tuning stage that follows the demo:
 #   make test   sets up .venv from requirements-test.txt and runs the whole test suite.
 #   make demo   sets up .venv from requirements.txt and runs the main job, tools/quickstart.py:
 #               synthetic data -> tokenizers -> store -> train the quickstart model -> report
 #               (in $(QUICKSTART_DIR); running it again resumes where it stopped).
+#   make sft-demo  then fine-tunes that model on instruction tasks and judges them
+#               (tools/sft_quickstart.py, in the same folder).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

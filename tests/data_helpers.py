@@ -102,3 +102,9 @@ def write_split_like(split_dir, documents, like_split_dir, **manifest_changes):
   with open(os.path.join(like_split_dir, vocab_file), 'rb') as source:
     with open(os.path.join(split_dir, vocab_file), 'wb') as target:
       target.write(source.read())
+
+
+def synthetic_edits(dataset, scenes):
+  """The edits of the first `scenes` synthetic scenes (those that admit one)."""
+  from cm3leon_jax.data import sft_synthetic  # pylint: disable=g-import-not-at-top
+  return [e for e in (sft_synthetic.edit_example(dataset, i) for i in range(scenes)) if e]

@@ -4,6 +4,7 @@ instruction: the unedited input, another scene's boxes or shapes, a wrong answer
 import numpy as np
 import pytest
 
+from data_helpers import synthetic_edits
 from cm3leon_jax.data import sft_synthetic
 from cm3leon_jax.data.synthetic import SyntheticDataset
 from cm3leon_jax.evaluation import instruction_judge as judge
@@ -18,7 +19,7 @@ def dataset():
 
 @pytest.fixture(scope='module')
 def edits(dataset):
-  return [e for e in (sft_synthetic.edit_example(dataset, i) for i in range(SCENES)) if e]
+  return synthetic_edits(dataset, SCENES)
 
 
 def test_the_edited_scene_passes_and_the_unedited_input_does_not(edits):

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+from data_helpers import synthetic_edits
 from cm3leon_jax.data import sft_synthetic, synthetic
 from cm3leon_jax.data.synthetic import SyntheticDataset
 from cm3leon_jax.evaluation.synthetic_judge import agrees_with_truth, read_objects
@@ -21,7 +22,7 @@ def dataset():
 
 @pytest.fixture(scope='module')
 def edits(dataset):
-  return [e for e in (sft_synthetic.edit_example(dataset, i) for i in range(SCENES)) if e]
+  return synthetic_edits(dataset, SCENES)
 
 
 def _key(obj):
@@ -36,32 +37,53 @@ def test_every_kind_of_edit_is_drawn_and_both_images_are_what_the_judge_reads(ed
     assert agrees_with_truth(edit.after.image, edit.after.objects)
 
 
+DIRECTIONS = {'left': (-1, 0), 'right': (1, 0), 'up': (0, -1), 'down': (0, 1)}
+
+
+def _check_added(edit, gone, new, step):
+  assert not gone and len(new) == 1 and edit.instruction.startswith(f'add {edit.target} at')
+  assert edit.changed.phrase == edit.target
+
+
+def _check_removed(edit, gone, new, step):
+  assert not new and edit.changed is None and len(gone) == 1
+
+
+def _check_recoloured(edit, gone, new, step):
+  (old,), (changed,) = gone, new
+  assert changed[1] == edit.instruction.split()[-1] != old[1] and changed[::2] == old[::2]
+
+
+def _check_resized(edit, gone, new, step):
+  (old,), (changed,) = gone, new
+  assert changed[2] == edit.instruction.split()[-1] != old[2] and changed[:2] == old[:2]
+
+
+def _check_moved(edit, gone, new, step):
+  """The same shape, shifted one step in the direction named."""
+  (old,), (changed,) = gone, new
+  dx, dy = DIRECTIONS[edit.instruction.split()[-1]]
+  np.testing.assert_array_equal(np.subtract(changed[3], old[3]), [dx * step, dy * step] * 2)
+
+
+EDIT_CHECKS = {'add': _check_added, 'remove': _check_removed, 'recolour': _check_recoloured,
+               'resize': _check_resized, 'move': _check_moved}
+
+
 def test_each_edit_changes_what_its_instruction_says_and_keeps_the_rest(edits, dataset):
   step = dataset.config.resolution // 4
+  assert {e.kind for e in edits} == set(EDIT_CHECKS)
   for edit in edits:
     before = collections.Counter(_key(o) for o in edit.before.objects)
     after = collections.Counter(_key(o) for o in edit.after.objects)
     gone, new = list((before - after).elements()), list((after - before).elements())
-    words = edit.instruction.split()
-    if edit.kind == 'add':
-      assert not gone and len(new) == 1 and edit.instruction.startswith(f'add {edit.target} at')
-      assert edit.changed.phrase == edit.target
-      continue
-    shape, colour, size, _ = gone[0]
-    assert len(gone) == 1 and edit.target in (f'the {colour} {shape}', f'the {size} {colour} {shape}')
-    if edit.kind == 'remove':
-      assert not new and edit.changed is None
-      continue
-    (old,), (changed,) = gone, new
-    assert _key(edit.changed) == changed
-    if edit.kind == 'recolour':
-      assert changed[1] == words[-1] != old[1] and changed[::2] == old[::2]
-    elif edit.kind == 'resize':
-      assert changed[2] == words[-1] != old[2] and changed[:2] == old[:2]
-    else:  # move: the same shape, shifted one step in the direction named.
-      dx, dy = {'left': (-1, 0), 'right': (1, 0), 'up': (0, -1), 'down': (0, 1)}[words[-1]]
-      shift = np.subtract(changed[3], old[3])
-      np.testing.assert_array_equal(shift, [dx * step, dy * step] * 2)
+    EDIT_CHECKS[edit.kind](edit, gone, new, step)
+    # Every edit but an addition names the one shape it changes, as the judge can find it.
+    named = [f'the {colour} {shape}' for shape, colour, _, _ in gone] + [
+        f'the {size} {colour} {shape}' for shape, colour, size, _ in gone]
+    assert edit.target in named or (edit.kind == 'add' and edit.target == edit.changed.phrase)
+    # The edited shape (if any) is the one the rendered scene holds.
+    assert [_key(edit.changed)] == new if new else edit.changed is None
 
 
 def test_edits_are_drawn_from_the_scene_index_alone(dataset, edits):
@@ -95,29 +117,45 @@ def test_grounding_boxes_hold_each_shapes_pixels(dataset):
       assert label == f'{example.objects[i].colour} {example.objects[i].shape}'
 
 
+def _count_answer(text, seen, resolution):
+  return str(len(seen))
+
+
+def _exists_answer(text, seen, resolution):
+  colour, shape = re.match(r'is there a (\w+) (\w+)\?', text).groups()
+  return 'yes' if any((o.colour, o.shape) == (colour, shape) for o in seen) else 'no'
+
+
+def _colour_answer(text, seen, resolution):
+  (match,) = [o for o in seen if o.shape == re.search(r'the (\w+)\?$', text).group(1)]
+  return match.colour
+
+
+def _shape_answer(text, seen, resolution):
+  (match,) = [o for o in seen if o.colour == re.search(r'the (\w+) object\?$', text).group(1)]
+  return match.shape
+
+
+def _size_answer(text, seen, resolution):
+  named = re.search(r'the (\w+) (\w+)\?$', text).groups()
+  (match,) = [o for o in seen if (o.colour, o.shape) == named]
+  return match.size
+
+
+def _where_answer(text, seen, resolution):
+  (only,) = seen  # Where-questions are asked of single shapes.
+  return synthetic.region(only, resolution)
+
+
+ANSWERS_FROM_PIXELS = {'count': _count_answer, 'exists': _exists_answer, 'colour': _colour_answer,
+                       'shape': _shape_answer, 'size': _size_answer, 'where': _where_answer}
+
+
 def test_every_answer_is_true_of_the_pixels(dataset):
   kinds = collections.Counter()
   for index in range(300):
     text, answer, kind = sft_synthetic.question(dataset, index)
     kinds[kind] += 1
     seen = read_objects(dataset[index].image)
-    named = re.search(r'the (\w+)(?: (\w+))?(?: object)?\?$', text)
-    if kind == 'count':
-      assert answer == str(len(seen))
-    elif kind == 'exists':
-      colour, shape = re.match(r'is there a (\w+) (\w+)\?', text).groups()
-      assert answer == ('yes' if any((o.colour, o.shape) == (colour, shape) for o in seen)
-                        else 'no')
-    elif kind == 'colour':
-      (match,) = [o for o in seen if o.shape == named.group(1)]
-      assert answer == match.colour
-    elif kind == 'shape':
-      (match,) = [o for o in seen if o.colour == named.group(1)]
-      assert answer == match.shape
-    elif kind == 'size':
-      (match,) = [o for o in seen if (o.colour, o.shape) == named.groups()]
-      assert answer == match.size
-    else:
-      assert kind == 'where' and len(seen) == 1
-      assert answer == synthetic.region(seen[0], dataset.config.resolution)
-  assert set(kinds) == set(sft_synthetic.QUESTION_TYPES)
+    assert answer == ANSWERS_FROM_PIXELS[kind](text, seen, dataset.config.resolution), text
+  assert set(kinds) == set(sft_synthetic.QUESTION_TYPES) == set(ANSWERS_FROM_PIXELS)
